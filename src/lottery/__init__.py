@@ -1,0 +1,18 @@
+"""lottery: find winning lottery tickets with iterative magnitude pruning, and measure them honestly."""
+from .config import DataConfig, ModelConfig, PruneConfig, RunConfig, TrainConfig
+from .criteria import CRITERIA, register_criterion
+from .data import Dataset, load_dataset
+from .errors import UserError
+from .imp import RunOptions, find_tickets
+from .masks import count, percent_remaining
+from .models import MODELS, build_model, prunable_roles
+from .presets import PRESETS, get_preset
+from .prune import prune_one_shot, prune_round
+from .results import read_results
+
+__all__ = [
+    "CRITERIA", "DataConfig", "Dataset", "MODELS", "ModelConfig", "PRESETS", "PruneConfig", "RunConfig",
+    "RunOptions", "TrainConfig", "UserError", "build_model", "count", "find_tickets", "get_preset",
+    "load_dataset", "percent_remaining", "prunable_roles", "prune_one_shot", "prune_round", "read_results",
+    "register_criterion",
+]

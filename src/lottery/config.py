@@ -1,0 +1,245 @@
+"""Typed hyperparameters: dataclasses that give CLI overrides, TOML, defaults and a run hash at once."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import UserError
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "mnist1d"
+    val_size: int = -1  # examples held out of the training set; -1: the dataset's default (5,000 for MNIST)
+    split_seed: int = 0
+
+
+@dataclass
+class ModelConfig:
+    name: str = "mlp"
+    hidden: list[int] = field(default_factory=lambda: [100, 100])  # used by `mlp`; fixed for named nets
+
+
+@dataclass
+class TrainConfig:
+    optimizer: str = "adam"  # adam | sgd
+    lr: float = 1.2e-3
+    momentum: float = 0.9  # sgd only
+    nesterov: bool = False  # sgd only
+    weight_decay: float = 0.0
+    batch_size: int = 60
+    iterations: int = 50_000
+    eval_every: int = 100
+    warmup: int = 0  # iterations of linear learning-rate warmup
+    milestones: list[int] = field(default_factory=list)  # iterations where lr *= gamma
+    gamma: float = 0.1
+
+
+@dataclass
+class PruneConfig:
+    levels: int = 18  # IMP levels after the dense level 0 (not part of the run hash: runs extend)
+    criterion: str = "magnitude"
+    scope: str = "layerwise"  # layerwise | global
+    rate_hidden: float = 0.2  # fraction of the remaining weights pruned per level, hidden layers
+    rate_output: float = 0.1  # the same for the output layer
+    ignore: list[str] = field(default_factory=list)  # prunable tensors never pruned
+    rewind_iteration: int = 0  # 0: reset to θ0 (the paper); k > 0: rewind to θk
+    one_shot: list[float] = field(default_factory=list)  # percents remaining; non-empty: one-shot mode
+
+
+@dataclass
+class RunConfig:
+    preset: str = "custom"
+    seed: int = 0
+    trials: int = 1  # not part of the run hash: trial t's result does not depend on how many run
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
+
+    # Fields that do not change any single result; excluded from the run hash so runs can grow.
+    NOT_HASHED: typing.ClassVar[tuple[str, ...]] = ("preset", "trials", "prune.levels")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def run_hash(self) -> str:
+        flat = flatten(self.to_dict())
+        for key in self.NOT_HASHED:
+            flat.pop(key, None)
+        blob = json.dumps(flat, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:10]
+
+    def run_name(self) -> str:
+        return f"{self.preset}-{self.run_hash()}"
+
+    def levels(self) -> list[int]:
+        """The levels this config trains: 0 (dense) and then the IMP or one-shot levels."""
+        n = len(self.prune.one_shot) if self.prune.one_shot else self.prune.levels
+        return list(range(n + 1))
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def field_types(config: RunConfig) -> dict[str, Any]:
+    """Dotted key -> declared type, for every settable field."""
+    out: dict[str, Any] = {}
+
+    def walk(obj: Any, prefix: str) -> None:
+        hints = typing.get_type_hints(type(obj))
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if dataclasses.is_dataclass(value):
+                walk(value, f"{prefix}{f.name}.")
+            else:
+                out[f"{prefix}{f.name}"] = hints[f.name]
+
+    walk(config, "")
+    return out
+
+
+def _coerce(key: str, kind: Any, raw: Any) -> Any:
+    """Turn a CLI string (or a TOML value) into the field's declared type, or say what is wrong."""
+    origin = typing.get_origin(kind)
+    if origin is list:
+        (item,) = typing.get_args(kind)
+        if isinstance(raw, str):
+            parts = [p for p in (s.strip() for s in raw.strip("[]").split(",")) if p]
+        elif isinstance(raw, (list, tuple)):
+            parts = list(raw)
+        else:
+            raise UserError(f"{key} must be a list of {item.__name__}, got {raw!r}")
+        return [_coerce(key, item, p) for p in parts]
+    if kind is bool:
+        if isinstance(raw, bool):
+            return raw
+        text = str(raw).strip().lower()
+        if text in ("true", "1", "yes", "on"):
+            return True
+        if text in ("false", "0", "no", "off"):
+            return False
+        raise UserError(f"{key} must be true or false, got {raw!r}")
+    if kind in (int, float):
+        if isinstance(raw, bool):
+            raise UserError(f"{key} must be {kind.__name__}, got {raw!r}")
+        try:
+            value = kind(raw) if kind is float or isinstance(raw, int) else int(str(raw).replace("_", ""))
+        except (TypeError, ValueError):
+            raise UserError(f"{key} must be {kind.__name__}, got {raw!r}") from None
+        return value
+    if kind is str:
+        return str(raw)
+    raise UserError(f"{key} has an unsupported type {kind}")  # pragma: no cover
+
+
+def set_value(config: RunConfig, key: str, raw: Any) -> None:
+    """Set a dotted key (e.g. `train.lr`) from a string or TOML value, with type checking."""
+    types_ = field_types(config)
+    if key not in types_:
+        close = [k for k in types_ if k.endswith("." + key) or k.split(".")[-1] == key]
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise UserError(f"unknown config key {key!r}{hint}")
+    value = _coerce(key, types_[key], raw)
+    *path, last = key.split(".")
+    obj: Any = config
+    for part in path:
+        obj = getattr(obj, part)
+    setattr(obj, last, value)
+
+
+def apply_overrides(config: RunConfig, pairs: list[str]) -> None:
+    for pair in pairs:
+        if "=" not in pair:
+            raise UserError(f"--set expects key=value, got {pair!r}")
+        key, raw = pair.split("=", 1)
+        set_value(config, key.strip(), raw.strip())
+
+
+def validate(config: RunConfig) -> None:
+    """Check ranges that types cannot express; one clear message for the first problem."""
+    from .criteria import CRITERIA  # local: criteria does not depend on config
+    from .data import DATASETS
+    from .models import MODELS
+
+    t, p = config.train, config.prune
+    checks: list[tuple[bool, str]] = [
+        (config.trials >= 1, f"trials must be at least 1, got {config.trials}"),
+        (p.levels >= 0, f"levels must be 0 or more, got {p.levels}"),
+        (config.data.dataset in DATASETS, f"unknown dataset {config.data.dataset!r}; known: {', '.join(DATASETS)}"),
+        (config.model.name in MODELS, f"unknown model {config.model.name!r}; known: {', '.join(MODELS)}"),
+        (all(h >= 1 for h in config.model.hidden), f"model.hidden sizes must be positive, got {config.model.hidden}"),
+        (t.optimizer in ("adam", "sgd"), f"unknown optimizer {t.optimizer!r}; known: adam, sgd"),
+        (t.lr > 0, f"train.lr must be positive, got {t.lr}"),
+        (t.weight_decay >= 0, f"train.weight_decay must be 0 or more, got {t.weight_decay}"),
+        (0 <= t.momentum < 1, f"train.momentum must be in [0, 1), got {t.momentum}"),
+        (t.batch_size >= 1, f"train.batch_size must be at least 1, got {t.batch_size}"),
+        (t.iterations >= 1, f"iterations must be at least 1, got {t.iterations}"),
+        (t.eval_every >= 1, f"train.eval_every must be at least 1, got {t.eval_every}"),
+        (t.warmup >= 0, f"train.warmup must be 0 or more, got {t.warmup}"),
+        (all(m > 0 for m in t.milestones), f"train.milestones must be positive iterations, got {t.milestones}"),
+        (t.gamma > 0, f"train.gamma must be positive, got {t.gamma}"),
+        (p.criterion in CRITERIA, f"unknown criterion {p.criterion!r}; known: {', '.join(CRITERIA)}"),
+        (p.scope in ("layerwise", "global"), f"scope must be layerwise or global, got {p.scope!r}"),
+        (0 < p.rate_hidden < 1, f"prune.rate_hidden must be in (0, 1), got {p.rate_hidden}"),
+        (0 <= p.rate_output < 1, f"prune.rate_output must be in [0, 1), got {p.rate_output}"),
+        (0 <= p.rewind_iteration < t.iterations,
+         f"rewind iteration must be in [0, iterations={t.iterations}), got {p.rewind_iteration}"),
+        (all(0 < q < 100 for q in p.one_shot), f"one-shot percents must be in (0, 100), got {p.one_shot}"),
+        (config.data.val_size >= -1, f"data.val_size must be -1 (default) or 0 or more, got {config.data.val_size}"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise UserError(message)
+
+
+def to_toml(config: RunConfig) -> str:
+    def fmt(value: Any) -> str:
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if isinstance(value, str):
+            return json.dumps(value)
+        if isinstance(value, float):
+            return repr(value)
+        if isinstance(value, list):
+            return "[" + ", ".join(fmt(v) for v in value) + "]"
+        return str(value)
+
+    top, sections = [], []
+    for key, value in config.to_dict().items():
+        if isinstance(value, dict):
+            body = "\n".join(f"{k} = {fmt(v)}" for k, v in value.items())
+            sections.append(f"[{key}]\n{body}\n")
+        else:
+            top.append(f"{key} = {fmt(value)}")
+    return "\n".join(top) + "\n\n" + "\n".join(sections)
+
+
+def from_toml(text: str) -> RunConfig:
+    try:
+        tree = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"config is not valid TOML: {exc}") from None
+    config = RunConfig()
+    for key, value in flatten(tree).items():
+        set_value(config, key, value)
+    return config
+
+
+def copy(config: RunConfig) -> RunConfig:
+    return from_toml(to_toml(config))
+
+

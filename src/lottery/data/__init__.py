@@ -1,0 +1,81 @@
+"""Datasets as in-memory tensors on the device: train / validation / test, never a per-sample loader."""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..errors import UserError
+from .idx import load_fashion_mnist, load_mnist
+from .mnist1d import load_mnist1d
+from .raw import RawSplits
+
+
+@dataclass
+class Dataset:
+    """Normalized float32 inputs and int64 labels, already on the device the trainer uses."""
+
+    name: str
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    num_classes: int
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.x_train.shape[1:])
+
+    def to(self, device: torch.device | str) -> "Dataset":
+        moved = {k: getattr(self, k).to(device) for k in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")}
+        return Dataset(self.name, num_classes=self.num_classes, **moved)
+
+
+DatasetLoader = Callable[[Path], RawSplits]
+
+DATASETS: dict[str, DatasetLoader] = {
+    "mnist1d": load_mnist1d,
+    "mnist": load_mnist,
+    "fashion-mnist": load_fashion_mnist,
+}
+
+
+def default_data_dir() -> Path:
+    """--data-dir, else $LOTTERY_DATA, else ~/.cache/lottery (the CLI passes --data-dir through)."""
+    env = os.environ.get("LOTTERY_DATA")
+    return Path(env) if env else Path.home() / ".cache" / "lottery"
+
+
+def split_validation(
+    x: torch.Tensor, y: torch.Tensor, val_size: int, seed: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Hold out `val_size` training examples, chosen by a seeded permutation (deterministic)."""
+    if not 0 <= val_size < len(x):
+        raise UserError(f"validation size {val_size} must be in [0, {len(x)}) for this dataset")
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))
+    val_idx, train_idx = order[:val_size].sort().values, order[val_size:].sort().values
+    return x[train_idx], y[train_idx], x[val_idx], y[val_idx]
+
+
+def load_dataset(
+    name: str,
+    data_dir: Path | str | None = None,
+    val_size: int = -1,
+    split_seed: int = 0,
+    device: torch.device | str = "cpu",
+) -> Dataset:
+    """Load (downloading if needed) a registered dataset, split off validation, move to `device`."""
+    if name not in DATASETS:
+        raise UserError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
+    raw = DATASETS[name](Path(data_dir) if data_dir else default_data_dir())
+    size = raw.default_val_size if val_size < 0 else val_size
+    x_train, y_train, x_val, y_val = split_validation(raw.x_train, raw.y_train, size, split_seed)
+    return Dataset(name, x_train, y_train, x_val, y_val, raw.x_test, raw.y_test, raw.num_classes).to(device)
+
+
+__all__ = ["DATASETS", "Dataset", "RawSplits", "default_data_dir", "load_dataset", "split_validation"]

@@ -1,0 +1,225 @@
+"""The procedure: trials, levels, arms, rewinding. Iterative magnitude pruning and one-shot pruning.
+
+Every level trains all its (arm, trial) replicas together in one pass. Each pass checkpoints itself,
+so re-running the same command resumes where it stopped and gives the same results.
+"""
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from torch import nn
+
+from . import masks as masks_lib
+from .config import RunConfig, from_toml, to_toml, validate
+from .criteria import CRITERIA
+from .data import Dataset, load_dataset
+from .errors import UserError
+from .models import build_model, prunable_roles
+from .order import derive_seed
+from .progress import Progress
+from .prune import prune_one_shot, prune_round
+from .results import RESULT_COLUMNS, collect_results
+from .store import RunStore, atomic_write_text, load_tensors, save_csv, save_json, save_tensors
+from .train import CURVES, ReplicaResult, ReplicaSpec, StackedTrainer
+
+ModelFn = Callable[[], nn.Module]
+
+
+@dataclass
+class RunOptions:
+    """How to run, not what to compute: none of these change a result, so none is in the run hash."""
+
+    device: str = "cpu"
+    progress: bool = True
+    checkpoint_seconds: float = 60.0  # at most this long of training is lost on a kill
+    test_curves: bool = True  # evaluate the test set at every evaluation (else only where needed)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One replica of a pass, named by (arm, trial, level)."""
+
+    arm: str
+    trial: int
+    level: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.arm}/{self.trial}/{self.level}"
+
+
+def initial_weights(model_fn: ModelFn, seed: int, trial: int) -> dict[str, torch.Tensor]:
+    """θ0 of a trial: the model's own initializer under a seed derived from (seed, trial); no global side effect."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(seed, "init", trial))
+        model = model_fn()
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def find_tickets(config: RunConfig, run_dir: Path | str, *, model_fn: ModelFn | None = None,
+                 data: Dataset | None = None, data_dir: Path | str | None = None,
+                 roles: dict[str, str] | None = None, options: RunOptions | None = None) -> Path:
+    """Run IMP (or one-shot pruning) as `config` says, in `run_dir`; resume whatever is already there.
+
+    `model_fn` builds a fresh torch.nn.Module (default: the registry's `config.model`); `data` gives
+    in-memory tensors (default: `config.data` loaded from `data_dir`); `roles` maps prunable parameter
+    names to "hidden" or "output" (default: Linear/Conv weights, the last one is the output layer).
+    """
+    options = options or RunOptions()
+    validate(config)
+    if data is None:
+        data = load_dataset(config.data.dataset, data_dir, config.data.val_size, config.data.split_seed)
+    if config.train.batch_size > len(data.x_train):
+        raise UserError(f"batch size {config.train.batch_size} exceeds the {len(data.x_train)} training examples")
+    data = data.to(options.device)
+    if model_fn is None:
+        spec = config.model
+        model_fn = lambda: build_model(spec, data.input_shape, data.num_classes)  # noqa: E731
+    model = model_fn().to(options.device)
+    roles = dict(roles) if roles is not None else prunable_roles(model)
+    params = dict(model.named_parameters())
+    unknown = [n for n in [*roles, *config.prune.ignore] if n not in params]
+    if unknown:
+        raise UserError(f"not parameters of the model: {', '.join(unknown)}")
+
+    store = RunStore(run_dir)
+    _claim_run_dir(store, config)
+    procedure = _Procedure(config, store, model, model_fn, data, roles, options)
+    procedure.run()
+    return store.root
+
+
+def _claim_run_dir(store: RunStore, config: RunConfig) -> None:
+    if store.config_path.exists():
+        existing = from_toml(store.config_path.read_text())
+        if existing.run_hash() != config.run_hash():
+            raise UserError(f"{store.root} holds a run with a different config; choose another --out")
+    store.root.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(store.config_path, to_toml(config))
+
+
+class _Procedure:
+    def __init__(self, config: RunConfig, store: RunStore, model: nn.Module, model_fn: ModelFn, data: Dataset,
+                 roles: dict[str, str], options: RunOptions) -> None:
+        self.config, self.store, self.model, self.model_fn = config, store, model, model_fn
+        self.data, self.roles, self.options = data, roles, options
+        self.trials = list(range(config.trials))
+        self.levels = config.levels()
+        self.device = options.device
+        self.progress = Progress(enabled=options.progress, levels=len(self.levels))
+
+    # --- per-trial tensors, each computed once and saved -------------------------------------------
+    def init(self, trial: int) -> dict[str, torch.Tensor]:
+        path = self.store.init_path(trial)
+        if not path.exists():
+            save_tensors(path, initial_weights(self.model_fn, self.config.seed, trial))
+        return load_tensors(path, self.device)
+
+    def rewind(self, trial: int) -> dict[str, torch.Tensor]:
+        if self.config.prune.rewind_iteration == 0:
+            return self.init(trial)
+        return load_tensors(self.store.rewind_path(trial), self.device)
+
+    def mask(self, trial: int, level: int) -> masks_lib.Mask:
+        path = self.store.mask_path(trial, level)
+        if not path.exists():
+            save_tensors(path, self._compute_mask(trial, level))
+        return {n: t.bool() for n, t in load_tensors(path, self.device).items()}
+
+    def _compute_mask(self, trial: int, level: int) -> masks_lib.Mask:
+        p = self.config.prune
+        if level == 0:
+            return masks_lib.dense_mask(self.init(trial), list(self.roles))
+        source = 0 if p.one_shot else level - 1  # one-shot prunes every level from the dense network
+        trained = load_tensors(self.store.arm_dir(trial, source, "imp") / "final.safetensors", self.device)
+        init, rewind, previous = self.init(trial), self.rewind(trial), self.mask(trial, source)
+        criterion = CRITERIA[p.criterion]
+        scores = {n: criterion(init[n], rewind[n], trained[n]) for n in self.roles}
+        if p.one_shot:
+            return prune_one_shot(scores, previous, self.roles, p.rate_hidden, p.rate_output, p.one_shot[level - 1],
+                                  p.scope, p.ignore)
+        return prune_round(scores, previous, self.roles, p.rate_hidden, p.rate_output, p.scope, p.ignore)
+
+    # --- the procedure ------------------------------------------------------------------------------
+    def run(self) -> None:
+        self._train_levels([0])
+        rest = self.levels[1:]
+        if self.config.prune.one_shot:
+            self._train_levels(rest)  # independent of each other: one pass
+        else:
+            for level in rest:
+                self._train_levels([level])
+        self.progress.close()
+        save_csv(self.store.results_path, collect_results(self.store, self.trials, self.levels), RESULT_COLUMNS)
+
+    def _train_levels(self, levels: list[int]) -> None:
+        jobs = [Job("imp", t, level) for level in levels for t in self.trials
+                if not self.store.is_done(t, level, "imp")]
+        self.progress.levels_done(levels, skipped=not jobs)
+        if not jobs:
+            return
+        k = self.config.prune.rewind_iteration
+        start_iteration = 0 if levels == [0] else k
+        specs = []
+        stream_trials = sorted({j.trial for j in jobs})
+        for job in jobs:
+            start = self.init(job.trial) if job.level == 0 else self.rewind(job.trial)
+            specs.append(ReplicaSpec(stream_trials.index(job.trial), start, self.mask(job.trial, job.level)))
+        name = "level_" + "_".join(f"{level:02d}" for level in levels)
+        results = self._train_pass(name, jobs, specs, stream_trials, start_iteration, snapshot_at=k if levels == [0] else 0)
+        for job, result in zip(jobs, results):
+            self._save_result(job, result)
+        self.store.checkpoint_paths(name)[0].unlink(missing_ok=True)
+
+    def _train_pass(self, name: str, jobs: list[Job], specs: list[ReplicaSpec], stream_trials: list[int],
+                    start_iteration: int, snapshot_at: int) -> list[ReplicaResult]:
+        cfg = self.config.train
+        seeds = [derive_seed(self.config.seed, "order", t) for t in stream_trials]
+        trainer = StackedTrainer(self.model, specs, self.data, cfg, seeds, start_iteration, self.options.test_curves)
+        keys = [j.key for j in jobs]
+        checkpoint = self.store.checkpoint_paths(name)[0]
+        if checkpoint.exists():
+            with safe_open(str(checkpoint), "pt") as handle:
+                meta = json.loads(handle.metadata()["meta"])
+            if meta.get("keys") == keys:
+                trainer.load_state(load_tensors(checkpoint, self.device), meta)
+        last_save = time.monotonic()
+
+        def on_eval(tr: StackedTrainer) -> None:
+            nonlocal last_save
+            if tr.iteration < cfg.iterations and time.monotonic() - last_save >= self.options.checkpoint_seconds:
+                tensors, meta = tr.state()
+                meta["keys"] = keys
+                save_tensors(checkpoint, tensors, {"meta": json.dumps(meta)})
+                last_save = time.monotonic()
+
+        bar = self.progress.iterations(name, cfg.iterations - start_iteration, trainer.iteration - start_iteration)
+        if snapshot_at > 0 and trainer.iteration <= snapshot_at:
+            trainer.run(snapshot_at, on_eval, bar)
+            for job in jobs:
+                weights = {n: p[jobs.index(job)].detach() for n, p in trainer.params.items()}
+                if not self.store.rewind_path(job.trial).exists():
+                    save_tensors(self.store.rewind_path(job.trial), weights)
+        trainer.run(cfg.iterations, on_eval, bar)
+        self.progress.end_iterations()
+        return trainer.results()
+
+    def _save_result(self, job: Job, result: ReplicaResult) -> None:
+        folder = self.store.arm_dir(job.trial, job.level, job.arm)
+        save_tensors(folder / "final.safetensors", result.final)
+        rows = [{"iteration": it, **{k: result.curves[k][i] for k in CURVES}} for i, it in enumerate(result.iterations)]
+        save_csv(folder / "curves.csv", rows, ["iteration", *CURVES])
+        kept, total = masks_lib.count(self.mask(job.trial, job.level))
+        save_json(folder / "metrics.json", {
+            "arm": job.arm, "trial": job.trial, "level": job.level,
+            "percent_remaining": 100.0 * kept / total, "weights_remaining": kept, "prunable_weights": total,
+            **result.metrics(),
+        })
+
+

@@ -1,0 +1,48 @@
+"""Model registry and the roles of prunable tensors. Any torch.nn.Module works from Python."""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+from torch import nn
+
+from ..config import ModelConfig
+from .mlp import MLP
+
+ModelBuilder = Callable[[ModelConfig, tuple[int, ...], int], nn.Module]
+
+
+def _lenet300_100(config: ModelConfig, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    return MLP(math.prod(input_shape), [300, 100], num_classes)
+
+
+def _mlp(config: ModelConfig, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    return MLP(math.prod(input_shape), list(config.hidden), num_classes)
+
+
+MODELS: dict[str, ModelBuilder] = {
+    "lenet300-100": _lenet300_100,
+    "mlp": _mlp,
+}
+
+PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def build_model(config: ModelConfig, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    return MODELS[config.name](config, input_shape, num_classes)
+
+
+def prunable_roles(model: nn.Module) -> dict[str, str]:
+    """Parameter name -> role ("hidden" or "output") for the weights of Linear and Conv layers.
+
+    Chosen by module type, never by name: BatchNorm scales and biases are also called `weight`/`bias`.
+    The last such layer in registration order is the output layer.
+    """
+    names = [f"{prefix}.weight" if prefix else "weight" for prefix, module in model.named_modules()
+             if isinstance(module, PRUNABLE_TYPES)]
+    if not names:
+        raise ValueError("the model has no Linear or Conv layers to prune")
+    return {name: ("output" if i == len(names) - 1 else "hidden") for i, name in enumerate(names)}
+
+
+__all__ = ["MLP", "MODELS", "build_model", "prunable_roles"]

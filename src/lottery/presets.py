@@ -1,0 +1,64 @@
+"""Named configs: the paper's protocols and a default that runs anywhere in minutes."""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from .config import DataConfig, ModelConfig, PruneConfig, RunConfig, TrainConfig
+from .errors import UserError
+
+
+@dataclass(frozen=True)
+class Preset:
+    summary: str
+    build: Callable[[], RunConfig]
+
+
+def _lenet300(dataset: str, preset: str) -> RunConfig:
+    # Frankle & Carbin (2019), Fig. 2 / App. G: Adam 1.2e-3, batch 60, 50K iterations, evaluate every
+    # 100, prune fc layers 20% and the output layer 10% per round, 5,000 validation examples.
+    return RunConfig(
+        preset=preset,
+        trials=1,
+        data=DataConfig(dataset=dataset, val_size=5000),
+        model=ModelConfig(name="lenet300-100", hidden=[300, 100]),
+        train=TrainConfig(optimizer="adam", lr=1.2e-3, batch_size=60, iterations=50_000, eval_every=100),
+        prune=PruneConfig(levels=18, rate_hidden=0.2, rate_output=0.1),
+    )
+
+
+def _mnist1d_mlp() -> RunConfig:
+    # MNIST-1D (Greydanus 2020): 4,000 training examples, so the dense MLP overfits and sparse
+    # tickets generalize better. Small enough to run every level in a couple of minutes on 2 cores.
+    return RunConfig(
+        preset="mnist1d-mlp",
+        trials=3,
+        data=DataConfig(dataset="mnist1d", val_size=-1),
+        model=ModelConfig(name="mlp", hidden=[100, 100]),
+        train=TrainConfig(optimizer="adam", lr=1e-3, batch_size=100, iterations=3000, eval_every=50),
+        prune=PruneConfig(levels=12, rate_hidden=0.2, rate_output=0.1),
+    )
+
+
+PRESETS: dict[str, Preset] = {
+    "mnist1d-mlp": Preset(
+        "default: MLP 40-100-100-10 on MNIST-1D, 3 trials x 13 levels; minutes on a 2-core CPU",
+        _mnist1d_mlp,
+    ),
+    "lenet300-mnist": Preset(
+        "the paper: LeNet-300-100 on MNIST, Adam 1.2e-3, batch 60, 50K iterations, fc 20% / out 10%",
+        lambda: _lenet300("mnist", "lenet300-mnist"),
+    ),
+    "lenet300-fashion": Preset(
+        "the paper's LeNet-300-100 protocol on Fashion-MNIST",
+        lambda: _lenet300("fashion-mnist", "lenet300-fashion"),
+    ),
+}
+
+DEFAULT_PRESET = "mnist1d-mlp"
+
+
+def get_preset(name: str) -> RunConfig:
+    if name not in PRESETS:
+        raise UserError(f"unknown preset {name!r}; known: {', '.join(PRESETS)} (see `lottery presets`)")
+    return PRESETS[name].build()

@@ -1,0 +1,43 @@
+"""Progress bars on stderr: one for levels, one for the iterations of the current training pass."""
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+from tqdm import tqdm
+
+
+class Progress:
+    def __init__(self, enabled: bool, levels: int) -> None:
+        self.enabled = enabled
+        self._levels = tqdm(total=levels, desc="levels", unit="level", position=0, file=sys.stderr,
+                            dynamic_ncols=True) if enabled else None
+        self._iterations: tqdm | None = None
+
+    def levels_done(self, levels: list[int], skipped: bool) -> None:
+        if self._levels is not None:
+            self._levels.set_postfix_str(f"level {levels[0]}" + (f"-{levels[-1]}" if len(levels) > 1 else "")
+                                         + (" (done before)" if skipped else ""))
+            if skipped:
+                self._levels.update(len(levels))
+            else:
+                self._pending = len(levels)
+
+    def iterations(self, name: str, total: int, initial: int) -> Callable[[int], None] | None:
+        if not self.enabled:
+            return None
+        self._iterations = tqdm(total=total, initial=initial, desc=name, unit="it", position=1, leave=False,
+                                file=sys.stderr, dynamic_ncols=True, mininterval=0.5)
+        return self._iterations.update
+
+    def end_iterations(self) -> None:
+        if self._iterations is not None:
+            self._iterations.close()
+            self._iterations = None
+        if self._levels is not None:
+            self._levels.update(getattr(self, "_pending", 0))
+            self._pending = 0
+
+    def close(self) -> None:
+        if self._levels is not None:
+            self._levels.close()

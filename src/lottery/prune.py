@@ -1,0 +1,97 @@
+"""Scores + rates + scope -> the next mask. Counts are exact: ties never change how many are kept."""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import torch
+
+from .masks import Mask
+
+
+def prune_count(rate: float, kept: int) -> int:
+    """How many of `kept` weights one round at `rate` removes (rounded half up)."""
+    return math.floor(rate * kept + 0.5)
+
+
+def keep_top(scores: Mapping[str, torch.Tensor], mask: Mapping[str, torch.Tensor], names: list[str],
+             n_keep: int) -> Mask:
+    """Among the kept weights of `names` (pooled), keep the `n_keep` highest scores; one threshold."""
+    flat_scores = torch.cat([scores[n].detach().flatten().float() for n in names])
+    flat_mask = torch.cat([mask[n].flatten() for n in names])
+    # Already-pruned weights get -inf so they are never chosen back.
+    ranked = torch.where(flat_mask, flat_scores, torch.full_like(flat_scores, -math.inf))
+    new_flat = torch.zeros_like(flat_mask)
+    if n_keep > 0:
+        new_flat[torch.topk(ranked, n_keep, sorted=False).indices] = True
+    out, start = {}, 0
+    for n in names:
+        size = mask[n].numel()
+        out[n] = new_flat[start:start + size].view_as(mask[n]).clone()
+        start += size
+    return out
+
+
+def prune_round(scores: Mapping[str, torch.Tensor], mask: Mapping[str, torch.Tensor], roles: Mapping[str, str],
+                rate_hidden: float, rate_output: float, scope: str = "layerwise",
+                ignore: tuple[str, ...] | list[str] = ()) -> Mask:
+    """One IMP round: prune `rate` of the remaining weights of each tensor (layerwise), or of all hidden
+    tensors together with one threshold (global; output tensors keep their own rate). `ignore`d
+    tensors are never pruned."""
+    rates = {"hidden": rate_hidden, "output": rate_output}
+    new: Mask = {n: m.clone() for n, m in mask.items()}
+    active = [n for n in mask if n not in ignore]
+    if scope == "global":
+        hidden = [n for n in active if roles[n] == "hidden"]
+        if hidden:
+            kept = sum(int(mask[n].sum()) for n in hidden)
+            new.update(keep_top(scores, mask, hidden, kept - prune_count(rate_hidden, kept)))
+        active = [n for n in active if roles[n] != "hidden"]
+    elif scope != "layerwise":
+        raise ValueError(f"unknown scope {scope!r}")
+    for n in active:
+        kept = int(mask[n].sum())
+        new.update(keep_top(scores, mask, [n], kept - prune_count(rates[roles[n]], kept)))
+    return new
+
+
+def one_shot_fractions(sizes: Mapping[str, int], roles: Mapping[str, str], rate_hidden: float, rate_output: float,
+                       percent: float, ignore: tuple[str, ...] | list[str] = ()) -> dict[str, float]:
+    """Per-tensor kept fractions that reach `percent` remaining in one step, keeping the per-layer shape of
+    the iterative ladder: hidden keeps (1-rate_hidden)^n, output (1-rate_output)^n, for the real n
+    that hits the target."""
+    total = sum(sizes.values())
+    target = percent / 100.0 * total
+
+    def kept_at(n: float) -> float:
+        return sum(size * (1.0 if name in ignore else (1 - (rate_hidden if roles[name] == "hidden" else rate_output)) ** n)
+                   for name, size in sizes.items())
+
+    low, high = 0.0, 1.0
+    while kept_at(high) > target and high < 1e4:
+        high *= 2
+    for _ in range(200):
+        mid = (low + high) / 2
+        low, high = (mid, high) if kept_at(mid) > target else (low, mid)
+    n = high
+    return {name: (1.0 if name in ignore else (1 - (rate_hidden if roles[name] == "hidden" else rate_output)) ** n)
+            for name in sizes}
+
+
+def prune_one_shot(scores: Mapping[str, torch.Tensor], mask: Mapping[str, torch.Tensor], roles: Mapping[str, str],
+                   rate_hidden: float, rate_output: float, percent: float, scope: str = "layerwise",
+                   ignore: tuple[str, ...] | list[str] = ()) -> Mask:
+    """Prune straight to `percent` remaining from one trained network."""
+    sizes = {n: int(m.sum()) for n, m in mask.items()}
+    fractions = one_shot_fractions(sizes, roles, rate_hidden, rate_output, percent, ignore)
+    new: Mask = {n: m.clone() for n, m in mask.items()}
+    active = [n for n in mask if n not in ignore]
+    if scope == "global":
+        hidden = [n for n in active if roles[n] == "hidden"]
+        if hidden:
+            n_keep = round(sum(sizes[n] * fractions[n] for n in hidden))
+            new.update(keep_top(scores, mask, hidden, n_keep))
+        active = [n for n in active if roles[n] != "hidden"]
+    for n in active:
+        new.update(keep_top(scores, mask, [n], round(sizes[n] * fractions[n])))
+    return new

@@ -1,0 +1,257 @@
+"""The training loop over a stack of replicas: several networks trained in one pass.
+
+Every parameter has a leading replica dimension. Each replica has its own mask, its own data stream
+(replicas of one trial share it), its own optimizer state (Adam and SGD act elementwise, so one
+optimizer over stacked tensors is exactly R independent optimizers) and its own metrics.
+"""
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, vmap
+
+from .config import TrainConfig
+from .data import Dataset
+from .masks import Mask
+from .order import BatchOrder
+
+StackedForward = Callable[[dict[str, torch.Tensor], torch.Tensor], torch.Tensor]
+CURVES = ("val_loss", "val_accuracy", "test_loss", "test_accuracy")
+
+
+@dataclass
+class ReplicaSpec:
+    """One network to train: its data stream, its start weights (all parameters) and its mask."""
+
+    stream: int
+    start: dict[str, torch.Tensor]
+    mask: Mask
+
+
+@dataclass
+class ReplicaResult:
+    iterations: list[int]
+    curves: dict[str, list[float]]
+    early_stop_iteration: int
+    early_stop_val_loss: float
+    early_stop_test_accuracy: float
+    final_test_accuracy: float
+    final_train_accuracy: float
+    final: dict[str, torch.Tensor] = field(repr=False)
+
+    def metrics(self) -> dict[str, float | int]:
+        return {
+            "early_stop_iteration": self.early_stop_iteration,
+            "early_stop_val_loss": self.early_stop_val_loss,
+            "early_stop_test_accuracy": self.early_stop_test_accuracy,
+            "final_test_accuracy": self.final_test_accuracy,
+            "final_train_accuracy": self.final_train_accuracy,
+        }
+
+
+def stacked_forward_for(model: nn.Module) -> StackedForward:
+    """The model's own batched forward if it has one, else vmap over torch.func.functional_call."""
+    own = getattr(model, "stacked_forward", None)
+    if callable(own):
+        return own
+    return vmap(lambda p, x: functional_call(model, p, (x,)), randomness="different")
+
+
+def learning_rate(cfg: TrainConfig, iteration: int) -> float:
+    """Linear warmup, then step decay by `gamma` at each milestone (a pure function of the iteration)."""
+    lr = cfg.lr * (min(1.0, (iteration + 1) / cfg.warmup) if cfg.warmup else 1.0)
+    return lr * cfg.gamma ** sum(1 for m in cfg.milestones if iteration >= m)
+
+
+def build_optimizer(cfg: TrainConfig, params: list[torch.Tensor]) -> torch.optim.Optimizer:
+    fast = {"fused": True} if _fused_ok(params) else {"foreach": True}
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **fast)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
+                               weight_decay=cfg.weight_decay, **fast)
+    raise ValueError(f"unknown optimizer {cfg.optimizer!r}")
+
+
+def _fused_ok(params: list[torch.Tensor]) -> bool:
+    device = params[0].device.type
+    return device in ("cpu", "cuda") and all(p.dtype == torch.float32 for p in params)
+
+
+class StackedTrainer:
+    """Train R replicas together from `start_iteration`; evaluate every `eval_every` iterations."""
+
+    def __init__(self, model: nn.Module, replicas: list[ReplicaSpec], data: Dataset, cfg: TrainConfig,
+                 stream_seeds: list[int], start_iteration: int = 0, test_curves: bool = True,
+                 eval_batch: int = 10_000) -> None:
+        device = data.x_train.device
+        self.cfg, self.data, self.test_curves, self.eval_batch = cfg, data, test_curves, eval_batch
+        self.forward = stacked_forward_for(model)
+        self.size = len(replicas)
+        names = [n for n, _ in model.named_parameters()]
+        self.params = {n: torch.stack([r.start[n].detach().to(device, torch.float32) for r in replicas])
+                       .contiguous().requires_grad_() for n in names}
+        self.masks = {n: torch.stack([r.mask[n].to(device) for r in replicas]).to(torch.float32)
+                      for n in replicas[0].mask}
+        with torch.no_grad():
+            for n, m in self.masks.items():
+                self.params[n].mul_(m)
+        self.optimizer = build_optimizer(cfg, list(self.params.values()))
+        self.order = BatchOrder(len(data.x_train), cfg.batch_size, stream_seeds, device)
+        self.stream_rows = torch.tensor([r.stream for r in replicas], device=device)
+        self.iteration = start_iteration
+        self.start_iteration = start_iteration
+        self.eval_iterations: list[int] = []
+        self.curves: dict[str, list[torch.Tensor]] = {k: [] for k in CURVES}
+        self.best_val_loss = torch.full((self.size,), math.inf, device=device)
+        self.best_iteration = torch.full((self.size,), start_iteration, dtype=torch.long, device=device)
+        self.best_test_accuracy = torch.zeros(self.size, device=device)
+        self._lr = cfg.lr
+
+    # --- the hot loop -------------------------------------------------------------------------------
+    def step(self) -> None:
+        idx = self.order.indices(self.iteration)[self.stream_rows]  # [R, B]
+        x, y = self.data.x_train[idx], self.data.y_train[idx]
+        logits = self.forward(self.params, x)
+        # Sum over replicas of each replica's mean loss: each replica gets exactly its own gradient.
+        loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="sum") / self.cfg.batch_size
+        self.optimizer.zero_grad(set_to_none=False)
+        loss.backward()
+        with torch.no_grad():
+            for n, m in self.masks.items():
+                self.params[n].grad.mul_(m)  # optimizer state of pruned weights stays exactly zero
+        lr = learning_rate(self.cfg, self.iteration)
+        if lr != self._lr:
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            self._lr = lr
+        self.optimizer.step()
+        with torch.no_grad():
+            for n, m in self.masks.items():
+                self.params[n].mul_(m)  # weight decay or momentum cannot revive a pruned weight
+        self.iteration += 1
+
+    def should_evaluate(self, iteration: int) -> bool:
+        return (iteration == self.start_iteration or iteration % self.cfg.eval_every == 0
+                or iteration == self.cfg.iterations)
+
+    def run(self, until: int, on_eval: Callable[["StackedTrainer"], None] | None = None,
+            on_progress: Callable[[int], None] | None = None) -> None:
+        """Train up to iteration `until`, evaluating at the evaluation points (including the start)."""
+        if self.iteration == self.start_iteration and not self.eval_iterations:
+            self.evaluate_now()
+            if on_eval:
+                on_eval(self)
+        done_since = 0
+        while self.iteration < until:
+            self.step()
+            done_since += 1
+            if self.should_evaluate(self.iteration):
+                self.evaluate_now()
+                if on_progress:
+                    on_progress(done_since)
+                    done_since = 0
+                if on_eval:
+                    on_eval(self)
+        if on_progress and done_since:
+            on_progress(done_since)
+
+    # --- evaluation -----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def loss_and_accuracy(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean loss and accuracy per replica on (x, y), in large batches, without autograd."""
+        total_loss = torch.zeros(self.size, device=x.device)
+        correct = torch.zeros(self.size, device=x.device)
+        params = {n: p.detach() for n, p in self.params.items()}
+        for start in range(0, len(x), self.eval_batch):
+            xb, yb = x[start:start + self.eval_batch], y[start:start + self.eval_batch]
+            logits = self.forward(params, xb.unsqueeze(0).expand(self.size, *xb.shape))
+            target = yb.unsqueeze(0).expand(self.size, -1)
+            total_loss += F.cross_entropy(logits.transpose(1, 2), target, reduction="none").sum(1)
+            correct += (logits.argmax(-1) == target).sum(1)
+        return total_loss / max(len(x), 1), correct / max(len(x), 1)
+
+    def evaluate_now(self) -> None:
+        val_loss, val_acc = self.loss_and_accuracy(self.data.x_val, self.data.y_val)
+        improved = val_loss < self.best_val_loss
+        final = self.iteration == self.cfg.iterations
+        # The test set is only needed where a replica reaches a new validation minimum (exact early-stop
+        # accuracy) or for the final accuracy, unless full test curves are asked for.
+        if self.test_curves or final or bool(improved.any()):
+            test_loss, test_acc = self.loss_and_accuracy(self.data.x_test, self.data.y_test)
+        else:
+            test_loss = test_acc = torch.full_like(val_loss, math.nan)
+        self.best_val_loss = torch.where(improved, val_loss, self.best_val_loss)
+        self.best_iteration = torch.where(improved, torch.full_like(self.best_iteration, self.iteration),
+                                          self.best_iteration)
+        self.best_test_accuracy = torch.where(improved, test_acc, self.best_test_accuracy)
+        self.eval_iterations.append(self.iteration)
+        for key, value in zip(CURVES, (val_loss, val_acc, test_loss, test_acc)):
+            self.curves[key].append(value)
+
+    def results(self) -> list[ReplicaResult]:
+        """Per-replica results; call after training to `cfg.iterations`."""
+        _, train_acc = self.loss_and_accuracy(self.data.x_train, self.data.y_train)
+        curves = {k: torch.stack(v).T.tolist() for k, v in self.curves.items()}  # [R][evals]
+        out = []
+        for r in range(self.size):
+            out.append(ReplicaResult(
+                iterations=list(self.eval_iterations),
+                curves={k: curves[k][r] for k in CURVES},
+                early_stop_iteration=int(self.best_iteration[r]),
+                early_stop_val_loss=float(self.best_val_loss[r]),
+                early_stop_test_accuracy=float(self.best_test_accuracy[r]),
+                final_test_accuracy=float(self.curves["test_accuracy"][-1][r]),
+                final_train_accuracy=float(train_acc[r]),
+                final={n: p[r].detach().clone() for n, p in self.params.items()},
+            ))
+        return out
+
+    # --- checkpoints --------------------------------------------------------------------------------
+    def state(self) -> tuple[dict[str, torch.Tensor], dict]:
+        """Everything needed to continue bit for bit: tensors (for safetensors) and JSON metadata."""
+        tensors = {f"param.{n}": p.detach() for n, p in self.params.items()}
+        opt = self.optimizer.state_dict()
+        for index, slot in opt["state"].items():
+            for key, value in slot.items():
+                tensors[f"opt.{index}.{key}"] = value if torch.is_tensor(value) else torch.tensor(value)
+        if self.eval_iterations:
+            for key, values in self.curves.items():
+                tensors[f"curve.{key}"] = torch.stack(values)
+        tensors["best.val_loss"] = self.best_val_loss
+        tensors["best.iteration"] = self.best_iteration
+        tensors["best.test_accuracy"] = self.best_test_accuracy
+        tensors["rng"] = torch.get_rng_state()
+        meta = {"iteration": self.iteration, "eval_iterations": self.eval_iterations, "lr": self._lr,
+                "param_groups": json.loads(json.dumps(opt["param_groups"], default=str))}
+        return tensors, meta
+
+    def load_state(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+        with torch.no_grad():
+            for n, p in self.params.items():
+                p.copy_(tensors[f"param.{n}"])
+        opt = self.optimizer.state_dict()
+        state: dict[int, dict[str, torch.Tensor]] = {}
+        for key, value in tensors.items():
+            if key.startswith("opt."):
+                _, index, name = key.split(".", 2)
+                state.setdefault(int(index), {})[name] = value
+        opt["state"] = state
+        self.optimizer.load_state_dict(opt)
+        self.eval_iterations = list(meta["eval_iterations"])
+        if self.eval_iterations:
+            self.curves = {k: list(tensors[f"curve.{k}"].unbind(0)) for k in CURVES}
+        self.best_val_loss = tensors["best.val_loss"].clone()
+        self.best_iteration = tensors["best.iteration"].clone()
+        self.best_test_accuracy = tensors["best.test_accuracy"].clone()
+        torch.set_rng_state(tensors["rng"])
+        self.iteration = int(meta["iteration"])
+        self._lr = float(meta["lr"])
+        for group in self.optimizer.param_groups:
+            group["lr"] = self._lr
