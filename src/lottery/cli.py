@@ -1,0 +1,134 @@
+"""The command line: parse, call the library, print. User errors are one line and exit code 2."""
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import defaultdict
+from pathlib import Path
+from statistics import mean
+
+from .config import RunConfig, apply_overrides, set_value, validate
+from .errors import UserError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2 (argparse prints the whole usage)
+        raise UserError(message)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="lottery", description="Find winning lottery tickets with iterative magnitude pruning.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    find = commands.add_parser("find", help="run IMP (or one-shot pruning); re-running resumes")
+    find.add_argument("preset", nargs="?", default=None, help="a preset name (see `lottery presets`); default mnist1d-mlp")
+    find.add_argument("--levels", type=int, help="pruning levels after the dense level 0")
+    find.add_argument("--trials", type=int, help="independent trials (own θ0 and data order)")
+    find.add_argument("--iterations", type=int, help="training iterations per level")
+    find.add_argument("--rewind-iteration", type=int, metavar="K", help="rewind survivors to θK instead of θ0")
+    find.add_argument("--scope", help="layerwise (per-layer rates) or global (one threshold)")
+    find.add_argument("--one-shot", metavar="PERCENT[,PERCENT...]",
+                      help="prune straight to these percents remaining from one trained network")
+    find.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                      help="override any config field, e.g. --set train.lr=1e-3 (repeatable)")
+    find.add_argument("--data-dir", type=Path, help="datasets folder (else $LOTTERY_DATA, else ~/.cache/lottery)")
+    find.add_argument("--out", type=Path, default=Path("runs"), help="parent folder of run directories (default runs/)")
+    find.add_argument("--device", default="cpu", help="cpu or cuda")
+    find.add_argument("--checkpoint-seconds", type=float, default=60.0, help="checkpoint a training pass this often")
+    find.add_argument("--no-test-curves", action="store_true",
+                      help="evaluate the test set only where a metric needs it (same results, faster)")
+    find.add_argument("--no-progress", action="store_true", help="no progress bars")
+    find.add_argument("--report", action="store_true", help="write the report when the run ends")
+
+    report = commands.add_parser("report", help="write RUN_DIR/report/: figures and report.md")
+    report.add_argument("run_dir", type=Path)
+
+    commands.add_parser("presets", help="list presets")
+    return parser
+
+
+def build_config(args: argparse.Namespace) -> RunConfig:
+    """The preset, then the named flags, then --set overrides; validated."""
+    from .presets import DEFAULT_PRESET, get_preset
+
+    config = get_preset(args.preset or DEFAULT_PRESET)
+    named = {"prune.levels": args.levels, "trials": args.trials, "train.iterations": args.iterations,
+             "prune.rewind_iteration": args.rewind_iteration, "prune.scope": args.scope,
+             "prune.one_shot": args.one_shot}
+    for key, value in named.items():
+        if value is not None:
+            set_value(config, key, value)
+    apply_overrides(config, args.set)
+    validate(config)
+    return config
+
+
+def _find(args: argparse.Namespace) -> None:
+    import torch
+
+    from .imp import RunOptions, find_tickets
+
+    config = build_config(args)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError("--device cuda asked for, but no CUDA device is available")
+    if args.device not in ("cpu",) and not args.device.startswith("cuda"):
+        raise UserError(f"unknown device {args.device!r}; use cpu or cuda")
+    if args.checkpoint_seconds < 0:
+        raise UserError(f"--checkpoint-seconds must be 0 or more, got {args.checkpoint_seconds}")
+    run_dir = args.out / config.run_name()
+    print(f"run: {run_dir}", flush=True)
+    options = RunOptions(device=args.device, progress=not args.no_progress,
+                         checkpoint_seconds=args.checkpoint_seconds, test_curves=not args.no_test_curves)
+    find_tickets(config, run_dir, data_dir=args.data_dir, options=options)
+    print(summary_table(run_dir))
+    if args.report:
+        from .report import write_report
+
+        print(f"report: {write_report(run_dir)}")
+
+
+def summary_table(run_dir: Path) -> str:
+    from .results import read_results
+
+    by_level: dict[tuple[str, int], list[dict]] = defaultdict(list)
+    for row in read_results(run_dir):
+        by_level[(row["arm"], row["level"])].append(row)
+    lines = [f"{'arm':<6} {'level':>5} {'remaining %':>11} {'early stop it':>13} {'test acc @ES %':>14} "
+             f"{'final test %':>12} {'trials':>6}"]
+    for (arm, level), rows in sorted(by_level.items()):
+        lines.append(f"{arm:<6} {level:>5} {rows[0]['percent_remaining']:>11.1f} "
+                     f"{mean(r['early_stop_iteration'] for r in rows):>13.0f} "
+                     f"{100 * mean(r['early_stop_test_accuracy'] for r in rows):>14.2f} "
+                     f"{100 * mean(r['final_test_accuracy'] for r in rows):>12.2f} {len(rows):>6}")
+    return "\n".join(lines)
+
+
+def _report(args: argparse.Namespace) -> None:
+    from .report import write_report
+
+    print(f"report: {write_report(args.run_dir)}")
+
+
+def _presets(args: argparse.Namespace) -> None:
+    from .presets import PRESETS
+
+    width = max(len(n) for n in PRESETS)
+    for name, preset in PRESETS.items():
+        print(f"{name:<{width}}  {preset.summary}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = _parser().parse_args(argv)
+        {"find": _find, "report": _report, "presets": _presets}[args.command](args)
+    except UserError as exc:
+        print(f"lottery: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("lottery: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

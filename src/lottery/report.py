@@ -1,0 +1,163 @@
+"""Figures and a table from a run directory: RUN_DIR/report/{accuracy,early_stop,curves}.png, report.md."""
+from __future__ import annotations
+
+import io
+import math
+from collections import defaultdict
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no screen needed
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from .config import from_toml  # noqa: E402
+from .errors import UserError  # noqa: E402
+from .results import read_results  # noqa: E402
+from .store import RunStore, atomic_write_bytes, atomic_write_text, load_csv  # noqa: E402
+
+CURVE_TARGETS = (100.0, 51.3, 21.1, 7.0, 3.6, 1.9)  # the paper's Fig. 3 levels
+
+
+def _spread(values: list[float]) -> tuple[float, float, float]:
+    return float(np.mean(values)), float(np.min(values)), float(np.max(values))
+
+
+def _by_arm_level(rows: list[dict]) -> dict[str, dict[int, list[dict]]]:
+    out: dict[str, dict[int, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    for row in rows:
+        out[row["arm"]][row["level"]].append(row)
+    return out
+
+
+def _percent_axis(ax: plt.Axes, percents: list[float]) -> None:
+    ax.set_xscale("log")
+    ax.set_xlim(max(percents) * 1.15, min(percents) / 1.15)  # from 100% down, as in the paper
+    ticks = [p for p in (100, 51.3, 21.1, 7.0, 3.6, 1.9, 0.5, 0.2) if min(percents) / 1.15 <= p <= max(percents) * 1.15]
+    ax.set_xticks(ticks)
+    ax.set_xticklabels([f"{t:g}" for t in ticks])
+    ax.minorticks_off()
+    ax.set_xlabel("weights remaining (%, of prunable weights)")
+    ax.grid(alpha=0.3)
+
+
+def _save(fig: plt.Figure, path: Path) -> None:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def _metric_figure(grouped: dict, metric: str, scale: float, ylabel: str, title: str, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    all_percents = []
+    for arm, levels in grouped.items():
+        pts = sorted(((rows[0]["percent_remaining"], _spread([scale * r[metric] for r in rows]))
+                      for rows in levels.values()), reverse=True)
+        x = [p for p, _ in pts]
+        mean = np.array([s[0] for _, s in pts])
+        low, high = mean - np.array([s[1] for _, s in pts]), np.array([s[2] for _, s in pts]) - mean
+        ax.errorbar(x, mean, yerr=[low, high], marker="o", ms=4, capsize=3, label=f"{arm} (mean, min/max over trials)")
+        all_percents += x
+        if arm == "imp" and 0 in levels:
+            dense = np.mean([scale * r[metric] for r in levels[0]])
+            ax.axhline(dense, color="grey", ls="--", lw=1, label=f"dense network ({dense:.1f})")
+    _percent_axis(ax, all_percents)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    _save(fig, path)
+
+
+def _curves_figure(store: RunStore, grouped: dict, path: Path) -> str:
+    """Test accuracy over training at levels near the paper's; falls back to validation accuracy."""
+    imp = grouped.get("imp", {})
+    percents = {level: rows[0]["percent_remaining"] for level, rows in imp.items()}
+    chosen = sorted({min(percents, key=lambda lv: abs(math.log(percents[lv] / t))) for t in CURVE_TARGETS})
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    used = "test_accuracy"
+    for level in chosen:
+        series = []
+        for row in imp[level]:
+            curve = load_csv(store.arm_dir(row["trial"], level, "imp") / "curves.csv")
+            its = [int(c["iteration"]) for c in curve]
+            acc = [float(c["test_accuracy"]) for c in curve]
+            if any(math.isnan(a) for a in acc):
+                used = "val_accuracy"
+                acc = [float(c["val_accuracy"]) for c in curve]
+            series.append((its, acc))
+        length = min(len(s[0]) for s in series)
+        its = series[0][0][:length]
+        values = np.array([s[1][:length] for s in series]) * 100
+        line, = ax.plot(its, values.mean(0), label=f"{percents[level]:.1f}% remaining")
+        if len(series) > 1:
+            ax.fill_between(its, values.min(0), values.max(0), color=line.get_color(), alpha=0.2)
+    ax.set_xlabel("training iteration")
+    name = "test" if used == "test_accuracy" else "validation"
+    ax.set_ylabel(f"{name} accuracy (%)")
+    ax.set_title(f"{name.capitalize()} accuracy during training (mean, min/max band over trials)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    lows = [float(np.percentile(ax.lines[i].get_ydata(), 5)) for i in range(len(ax.lines))]
+    if lows:
+        ax.set_ylim(bottom=max(0.0, min(lows) - 2))
+    _save(fig, path)
+    return name
+
+
+def _table(grouped: dict) -> str:
+    lines = ["| arm | level | weights remaining (%) | early-stop iteration | test acc. at early stop (%) "
+             "| final test acc. (%) | final train acc. (%) | trials |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for arm, levels in grouped.items():
+        for level in sorted(levels):
+            rows = levels[level]
+
+            def cell(metric: str, scale: float = 1.0, fmt: str = ".2f") -> str:
+                m, lo, hi = _spread([scale * r[metric] for r in rows])
+                return f"{m:{fmt}} [{lo:{fmt}}, {hi:{fmt}}]" if len(rows) > 1 else f"{m:{fmt}}"
+
+            lines.append(f"| {arm} | {level} | {rows[0]['percent_remaining']:.1f} | {cell('early_stop_iteration', fmt='.0f')} "
+                         f"| {cell('early_stop_test_accuracy', 100)} | {cell('final_test_accuracy', 100)} "
+                         f"| {cell('final_train_accuracy', 100)} | {len(rows)} |")
+    return "\n".join(lines)
+
+
+def write_report(run_dir: Path | str) -> Path:
+    """Write RUN_DIR/report/ and return its path."""
+    store = RunStore(run_dir)
+    if not store.results_path.exists():
+        raise UserError(f"{store.root} has no results.csv: not a finished `lottery find` run directory")
+    rows = read_results(store.root)
+    if not rows:
+        raise UserError(f"{store.results_path} has no rows yet")
+    config = from_toml(store.config_path.read_text())
+    grouped = _by_arm_level(rows)
+    out = store.root / "report"
+    title = f"{config.model.name} on {config.data.dataset}"
+    _metric_figure(grouped, "early_stop_test_accuracy", 100, "test accuracy at early stop (%)",
+                   f"Test accuracy at early stop: {title}", out / "accuracy.png")
+    _metric_figure(grouped, "early_stop_iteration", 1, "early-stop iteration (min. validation loss)",
+                   f"Early-stop iteration: {title}", out / "early_stop.png")
+    curve_kind = _curves_figure(store, grouped, out / "curves.png")
+    prunable = rows[0]["prunable_weights"]
+    mode = f"one-shot to {config.prune.one_shot} %" if config.prune.one_shot else (
+        f"iterative, {config.prune.scope}, hidden {config.prune.rate_hidden:g} / output {config.prune.rate_output:g} "
+        f"per level, rewind to iteration {config.prune.rewind_iteration}")
+    text = f"""# Report: {store.root.name}
+
+{title}; {config.train.optimizer} lr {config.train.lr:g}, batch {config.train.batch_size}, {config.train.iterations} iterations
+per level, validation every {config.train.eval_every}; pruning: {mode}; criterion {config.prune.criterion}.
+Weights remaining are counted from the masks over the {prunable:,} prunable weights (Linear/Conv weights;
+biases are not prunable). Early stop is the iteration of minimum validation loss; its test accuracy is the
+one recorded at that same iteration. Cells show the mean [min, max] over trials.
+
+![accuracy](accuracy.png)
+![early stop](early_stop.png)
+![curves]({'curves.png'}) ({curve_kind} accuracy)
+
+{_table(grouped)}
+"""
+    atomic_write_text(out / "report.md", text)
+    return out

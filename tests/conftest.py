@@ -1,0 +1,61 @@
+"""Shared fixtures. Tests use the real, byte-exact datasets in ../shared/data; in CI a missing dataset fails."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import lottery
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _shared_data() -> Path | None:
+    candidates = [os.environ.get("LOTTERY_TEST_DATA"), REPO.parent / "shared" / "data"]
+    for c in candidates:
+        if c and (Path(c) / "mnist" / "train-images-idx3-ubyte.gz").exists():
+            return Path(c)
+    return None
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    path = _shared_data()
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail("../shared/data is missing: CI must not skip the real-data tests")
+        pytest.skip("../shared/data not found")
+    return path
+
+
+@pytest.fixture(scope="session")
+def mnist(shared_data: Path) -> lottery.Dataset:
+    return lottery.load_dataset("mnist", shared_data, val_size=5000)
+
+
+@pytest.fixture(scope="session")
+def mnist1d() -> lottery.Dataset:
+    return lottery.load_dataset("mnist1d")
+
+
+def tiny_config(**prune: object) -> lottery.RunConfig:
+    """A small but real MNIST-1D config: a few hundred iterations, fast on 2 cores."""
+    config = lottery.get_preset("mnist1d-mlp")
+    config.trials = 2
+    config.model.hidden = [32, 32]
+    config.train.iterations = 120
+    config.train.eval_every = 20
+    config.train.batch_size = 50
+    config.prune.levels = 2
+    for key, value in prune.items():
+        setattr(config.prune, key, value)
+    return config
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "lottery.cli", *args], capture_output=True, text=True,
+                          env=full_env, cwd=cwd, timeout=600)

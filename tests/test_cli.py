@@ -1,0 +1,100 @@
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, run_cli
+
+TINY = ["--iterations", "120", "--levels", "2", "--trials", "2", "--set", "model.hidden=32,32",
+        "--set", "train.eval_every=20", "--set", "train.batch_size=50", "--no-progress"]
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["find", "no-such-preset"], "unknown preset 'no-such-preset'"),
+    (["find", "--set", "train.nope=1"], "unknown config key 'train.nope'"),
+    (["find", "--iterations", "ten"], "invalid int value"),
+    (["find", "--set", "train.lr=abc"], "train.lr must be float"),
+    (["find", "--set", "prune.rate_hidden=1.5"], "rate_hidden must be in (0, 1)"),
+    (["find", "--levels", "-2"], "levels must be 0 or more"),
+    (["find", "--scope", "sideways"], "scope must be layerwise or global"),
+    (["find", "--one-shot", "150"], "one-shot percents must be in (0, 100)"),
+    (["find", "--device", "tpu"], "unknown device"),
+    (["report", "/nonexistent/run"], "no results.csv"),
+])
+def test_bad_input_is_one_line_exit_2_and_writes_no_run(tmp_path, args, fragment):
+    result = run_cli(*args, "--out", str(tmp_path / "runs")) if args[0] == "find" else run_cli(*args)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("lottery: error:") and fragment in lines[0], result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_missing_data_offline_is_one_line_and_leaves_no_run(tmp_path):
+    result = run_cli("find", "lenet300-mnist", "--data-dir", str(tmp_path / "empty"), "--out", str(tmp_path / "runs"),
+                     env={"LOTTERY_MIRRORS": "http://127.0.0.1:9"})
+    assert result.returncode == 2
+    assert "could not get train-images-idx3-ubyte.gz" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "runs").exists()
+
+
+def test_presets_lists_each_with_one_line():
+    result = run_cli("presets")
+    assert result.returncode == 0
+    names = [line.split()[0] for line in result.stdout.strip().splitlines()]
+    assert {"mnist1d-mlp", "lenet300-mnist", "lenet300-fashion"} <= set(names)
+
+
+def test_find_and_report_on_real_mnist(tmp_path, shared_data):
+    out = tmp_path / "runs"
+    result = run_cli("find", "lenet300-mnist", "--levels", "2", "--iterations", "60", "--trials", "1",
+                     "--set", "train.eval_every=20", "--data-dir", str(shared_data), "--out", str(out), "--no-progress")
+    assert result.returncode == 0, result.stderr
+    (run_dir,) = out.iterdir()
+    assert result.stdout.startswith(f"run: {run_dir}")
+    assert "51.3" not in result.stdout and "64.1" in result.stdout  # level 2: 0.8^2 hidden, 0.9^2 output
+    report = run_cli("report", str(run_dir))
+    assert report.returncode == 0, report.stderr
+    for name in ("accuracy.png", "early_stop.png", "curves.png", "report.md"):
+        assert (run_dir / "report" / name).stat().st_size > 500
+    text = (run_dir / "report" / "report.md").read_text()
+    assert "266,200 prunable weights" in text and "| imp | 2 | 64.1 |" in text
+
+
+def _run_until_killed(out: Path, extra: list[str]) -> None:
+    """Start `lottery find`, wait for a mid-pass checkpoint of level 1, then kill it hard."""
+    cmd = [sys.executable, "-m", "lottery.cli", "find", *TINY, *extra, "--out", str(out), "--checkpoint-seconds", "0"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ), cwd=REPO)
+    deadline = time.time() + 300
+    try:
+        while time.time() < deadline:
+            if list(out.glob("*/checkpoints/level_01.safetensors")):
+                break
+            if proc.poll() is not None:
+                pytest.fail("the run ended before it could be killed")
+            time.sleep(0.005)
+        else:
+            pytest.fail("no checkpoint appeared")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+
+
+def test_a_killed_run_resumes_to_the_same_results(tmp_path):
+    straight = tmp_path / "straight"
+    assert run_cli("find", *TINY, "--out", str(straight)).returncode == 0
+    killed = tmp_path / "killed"
+    _run_until_killed(killed, [])
+    (run_dir,) = killed.iterdir()
+    assert not (run_dir / "results.csv").exists()
+    assert (run_dir / "trial_0" / "level_00" / "imp" / "metrics.json").exists()
+    resumed = run_cli("find", *TINY, "--out", str(killed))
+    assert resumed.returncode == 0, resumed.stderr
+    (straight_dir,) = straight.iterdir()
+    assert run_dir.name == straight_dir.name
+    assert (run_dir / "results.csv").read_text() == (straight_dir / "results.csv").read_text()
+    assert not list(run_dir.rglob("*.tmp")) and not list((run_dir / "checkpoints").iterdir())

@@ -1,0 +1,78 @@
+import torch
+
+import lottery
+from lottery.masks import count, dense_mask, percent_remaining
+from lottery.prune import prune_one_shot, prune_round
+
+PAPER_LADDER = {3: 51.3, 7: 21.1, 9: 13.5, 12: 7.0, 15: 3.6, 16: 2.9, 18: 1.9}
+
+
+def _lenet():
+    model = lottery.build_model(lottery.ModelConfig(name="lenet300-100"), (1, 28, 28), 10)
+    params = dict(model.named_parameters())
+    return params, lottery.prunable_roles(model)
+
+
+def test_roles_pick_linear_weights_and_the_last_layer_is_output():
+    params, roles = _lenet()
+    assert roles == {"layers.0.weight": "hidden", "layers.1.weight": "hidden", "layers.2.weight": "output"}
+    assert sum(params[n].numel() for n in roles) == 266_200
+
+
+def test_layerwise_imp_follows_the_papers_ladder_exactly():
+    params, roles = _lenet()
+    mask = dense_mask(params, list(roles))
+    generator = torch.Generator().manual_seed(0)
+    expected = {n: m.numel() for n, m in mask.items()}
+    for level in range(1, 19):
+        scores = {n: torch.rand(p.shape, generator=generator) for n, p in params.items() if n in roles}
+        mask = prune_round(scores, mask, roles, 0.2, 0.1)
+        for n in expected:
+            rate = 0.2 if roles[n] == "hidden" else 0.1
+            expected[n] -= int(rate * expected[n] + 0.5)
+            assert int(mask[n].sum()) == expected[n]
+        if level in PAPER_LADDER:
+            assert round(percent_remaining(mask), 1) == PAPER_LADDER[level], level
+    kept, total = count(mask)
+    assert total == 266_200 and kept == sum(expected.values())
+
+
+def test_pruning_removes_the_smallest_scores_and_never_revives():
+    params, roles = _lenet()
+    mask = dense_mask(params, list(roles))
+    scores = {n: params[n].detach().abs() for n in roles}
+    first = prune_round(scores, mask, roles, 0.2, 0.1)
+    for n in roles:
+        kept, dropped = scores[n][first[n]], scores[n][~first[n]]
+        assert kept.min() >= dropped.max()
+    # Scores that would favour pruned weights cannot bring them back.
+    inverted = {n: -scores[n] for n in roles}
+    second = prune_round(inverted, first, roles, 0.2, 0.1)
+    for n in roles:
+        assert not (second[n] & ~first[n]).any()
+
+
+def test_global_scope_uses_one_threshold_across_hidden_layers_and_honours_ignore():
+    params, roles = _lenet()
+    mask = dense_mask(params, list(roles))
+    scores = {n: params[n].detach().abs() * (10 if n == "layers.1.weight" else 1) for n in roles}
+    new = prune_round(scores, mask, roles, 0.5, 0.1, scope="global")
+    hidden = ["layers.0.weight", "layers.1.weight"]
+    kept = torch.cat([scores[n][new[n]] for n in hidden])
+    dropped = torch.cat([scores[n][~new[n]] for n in hidden])
+    assert kept.min() >= dropped.max()
+    assert sum(int(new[n].sum()) for n in hidden) == 265_200 // 2
+    assert new["layers.1.weight"].float().mean() > new["layers.0.weight"].float().mean()  # not per-layer
+    ignored = prune_round(scores, mask, roles, 0.5, 0.1, scope="global", ignore=["layers.2.weight"])
+    assert bool(ignored["layers.2.weight"].all())
+
+
+def test_one_shot_reaches_the_target_with_the_ladder_shape():
+    params, roles = _lenet()
+    mask = dense_mask(params, list(roles))
+    scores = {n: params[n].detach().abs() for n in roles}
+    for target in (51.3, 21.1, 7.0, 1.9):
+        new = prune_one_shot(scores, mask, roles, 0.2, 0.1, target)
+        assert abs(percent_remaining(new) - target) < 0.05
+        fractions = {n: new[n].float().mean().item() for n in roles}
+        assert fractions["layers.2.weight"] > fractions["layers.0.weight"]  # output pruned more gently

@@ -1,0 +1,119 @@
+import math
+
+import pytest
+import torch
+
+import lottery
+from lottery.config import TrainConfig
+from lottery.imp import initial_weights
+from lottery.order import derive_seed
+from lottery.masks import dense_mask
+from lottery.prune import prune_round
+from lottery.store import load_csv, load_json, load_tensors
+from lottery.train import ReplicaSpec, StackedTrainer
+
+from conftest import tiny_config
+
+
+def _model_fn(data, hidden=(32, 32)):
+    config = lottery.ModelConfig(name="mlp", hidden=list(hidden))
+    return lambda: lottery.build_model(config, data.input_shape, data.num_classes)
+
+
+def _sparse_specs(data, n, seed=0):
+    fn = _model_fn(data)
+    model = fn()
+    roles = lottery.prunable_roles(model)
+    specs = []
+    for i in range(n):
+        init = initial_weights(fn, seed, i)
+        scores = {k: torch.rand(init[k].shape, generator=torch.Generator().manual_seed(i)) for k in roles}
+        mask = prune_round(scores, dense_mask(init, list(roles)), roles, 0.6, 0.3)
+        specs.append(ReplicaSpec(i, init, mask))
+    return model, specs
+
+
+@pytest.mark.parametrize("train", [
+    TrainConfig(optimizer="adam", lr=1e-2, weight_decay=1e-3, batch_size=32, iterations=60, eval_every=20),
+    TrainConfig(optimizer="sgd", lr=0.1, momentum=0.9, nesterov=True, weight_decay=5e-3, batch_size=32,
+                iterations=60, eval_every=20),
+])
+def test_pruned_weights_stay_exactly_zero_and_optimizer_state_cannot_revive_them(mnist1d, train):
+    model, specs = _sparse_specs(mnist1d, 2)
+    trainer = StackedTrainer(model, specs, mnist1d, train, [11, 12])
+    for _ in range(train.iterations):
+        trainer.step()
+        for name, mask in trainer.masks.items():
+            assert torch.all(trainer.params[name].detach()[mask == 0] == 0)
+    for index, param in enumerate(trainer.params.values()):
+        name = list(trainer.params)[index]
+        if name in trainer.masks:
+            for value in trainer.optimizer.state[param].values():
+                if torch.is_tensor(value) and value.shape == param.shape:
+                    assert torch.all(value[trainer.masks[name] == 0] == 0)
+    # The kept weights did train.
+    first = specs[0].start["layers.0.weight"] * specs[0].mask["layers.0.weight"]
+    assert not torch.equal(trainer.params["layers.0.weight"][0].detach(), first)
+
+
+def test_training_starts_bit_for_bit_from_the_given_weights(mnist1d):
+    model, specs = _sparse_specs(mnist1d, 3)
+    trainer = StackedTrainer(model, specs, mnist1d, TrainConfig(iterations=10), [1, 2, 3])
+    for r, spec in enumerate(specs):
+        for name, value in trainer.params.items():
+            expected = spec.start[name] * spec.mask[name] if name in spec.mask else spec.start[name]
+            assert torch.equal(value[r].detach(), expected)
+
+
+def test_stacked_replicas_train_like_networks_trained_one_by_one(mnist1d):
+    train = TrainConfig(optimizer="adam", lr=3e-3, batch_size=50, iterations=200, eval_every=50)
+    model, specs = _sparse_specs(mnist1d, 3)
+    together = StackedTrainer(model, specs, mnist1d, train, [101, 102, 103])
+    together.run(train.iterations)
+    stacked = together.results()
+    for r, spec in enumerate(specs):
+        alone = StackedTrainer(model, [ReplicaSpec(0, spec.start, spec.mask)], mnist1d, train, [101 + r])
+        alone.run(train.iterations)
+        single = alone.results()[0]
+        for name in single.final:
+            torch.testing.assert_close(stacked[r].final[name], single.final[name], rtol=1e-4, atol=1e-5)
+        assert stacked[r].early_stop_iteration == single.early_stop_iteration
+        assert math.isclose(stacked[r].final_test_accuracy, single.final_test_accuracy, abs_tol=2e-3)
+
+
+def test_early_stop_metrics_are_the_argmin_of_the_recorded_curve(tmp_path, mnist1d):
+    config = tiny_config(levels=1)
+    run = lottery.find_tickets(config, tmp_path / "run", data=mnist1d, options=lottery.RunOptions(progress=False))
+    lazy = lottery.find_tickets(config, tmp_path / "lazy", data=mnist1d,
+                                options=lottery.RunOptions(progress=False, test_curves=False))
+    rows = lottery.read_results(run)
+    assert len(rows) == 2 * 2
+    for row in rows:
+        folder = run / f"trial_{row['trial']}" / f"level_{row['level']:02d}" / "imp"
+        curve = load_csv(folder / "curves.csv")
+        losses = [float(c["val_loss"]) for c in curve]
+        best = min(range(len(losses)), key=lambda i: (losses[i], i))
+        assert row["early_stop_iteration"] == int(curve[best]["iteration"])
+        assert row["early_stop_test_accuracy"] == pytest.approx(float(curve[best]["test_accuracy"]), abs=1e-7)
+        assert row["final_test_accuracy"] == pytest.approx(float(curve[-1]["test_accuracy"]), abs=1e-7)
+        assert int(curve[-1]["iteration"]) == config.train.iterations
+    # Evaluating the test set only at new validation minima gives exactly the same metrics.
+    assert lottery.read_results(lazy) == rows
+
+
+def test_rewinding_restarts_from_theta_k_of_the_dense_run(tmp_path, mnist1d):
+    config = tiny_config(levels=1, rewind_iteration=40)
+    run = lottery.find_tickets(config, tmp_path / "run", data=mnist1d, options=lottery.RunOptions(progress=False))
+    fn = _model_fn(mnist1d)
+    model = fn()
+    init = load_tensors(run / "trial_1" / "init.safetensors")
+    dense = StackedTrainer(model, [ReplicaSpec(0, init, dense_mask(init, list(lottery.prunable_roles(model))))],
+                           mnist1d, config.train, [derive_seed(config.seed, "order", 1)])
+    dense.run(40)
+    rewind = load_tensors(run / "trial_1" / "rewind.safetensors")
+    for name, value in dense.params.items():
+        assert torch.equal(value[0].detach(), rewind[name])
+    curve = load_csv(run / "trial_1" / "level_01" / "imp" / "curves.csv")
+    assert int(curve[0]["iteration"]) == 40  # the level trains from iteration k with the same schedule
+    metrics = load_json(run / "trial_1" / "level_01" / "imp" / "metrics.json")
+    assert metrics["percent_remaining"] < 100
