@@ -9,7 +9,6 @@ DATA ?= $(if $(wildcard ../shared/data/mnist),../shared/data,)
 
 $(BIN)/lottery: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip >/dev/null 2>&1 || true
 	$(BIN)/pip install -q $(TORCH)
 	$(BIN)/pip install -q -e '.[test]'
 	touch $(BIN)/lottery
@@ -17,8 +16,7 @@ $(BIN)/lottery: pyproject.toml
 install: $(BIN)/lottery
 
 demo: install
-	$(BIN)/lottery find mnist1d-mlp --out runs
-	$(BIN)/lottery report $$($(BIN)/lottery path mnist1d-mlp --out runs)
+	$(BIN)/lottery find mnist1d-mlp --out runs --report
 
 test: install
 	LOTTERY_TEST_DATA=$(abspath $(DATA)) $(BIN)/python -m pytest

@@ -29,20 +29,21 @@ def _lenet300(dataset: str, preset: str) -> RunConfig:
 
 def _mnist1d_mlp() -> RunConfig:
     # MNIST-1D (Greydanus 2020): 4,000 training examples, so the dense MLP overfits and sparse
-    # tickets generalize better. Small enough to run every level in a couple of minutes on 2 cores.
+    # tickets generalize better. Width 500, Adam 1e-2 and 1,500 steps follow the MNIST-1D authors'
+    # lottery-ticket notebook; 15 levels x 3 trials take a few minutes on 2 cores.
     return RunConfig(
         preset="mnist1d-mlp",
         trials=3,
         data=DataConfig(dataset="mnist1d", val_size=-1),
-        model=ModelConfig(name="mlp", hidden=[100, 100]),
-        train=TrainConfig(optimizer="adam", lr=1e-3, batch_size=100, iterations=3000, eval_every=50),
-        prune=PruneConfig(levels=12, rate_hidden=0.2, rate_output=0.1),
+        model=ModelConfig(name="mlp", hidden=[500, 500]),
+        train=TrainConfig(optimizer="adam", lr=1e-2, batch_size=100, iterations=1500, eval_every=50),
+        prune=PruneConfig(levels=14, rate_hidden=0.2, rate_output=0.1),
     )
 
 
 PRESETS: dict[str, Preset] = {
     "mnist1d-mlp": Preset(
-        "default: MLP 40-100-100-10 on MNIST-1D, 3 trials x 13 levels; minutes on a 2-core CPU",
+        "default: MLP 40-500-500-10 on MNIST-1D, 3 trials x 15 levels (100% to 4.7%); minutes on a 2-core CPU",
         _mnist1d_mlp,
     ),
     "lenet300-mnist": Preset(
