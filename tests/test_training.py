@@ -117,3 +117,14 @@ def test_rewinding_restarts_from_theta_k_of_the_dense_run(tmp_path, mnist1d):
     assert int(curve[0]["iteration"]) == 40  # the level trains from iteration k with the same schedule
     metrics = load_json(run / "trial_1" / "level_01" / "imp" / "metrics.json")
     assert metrics["percent_remaining"] < 100
+
+
+def test_one_shot_prunes_each_target_from_the_dense_network(tmp_path, mnist1d):
+    config = tiny_config(one_shot=[50.0, 10.0])
+    run = lottery.find_tickets(config, tmp_path / "run", data=mnist1d, options=lottery.RunOptions(progress=False))
+    rows = lottery.read_results(run)
+    by_level = {r["level"]: r["percent_remaining"] for r in rows}
+    assert abs(by_level[1] - 50.0) < 0.1 and abs(by_level[2] - 10.0) < 0.1
+    dense = load_tensors(run / "trial_0" / "level_00" / "imp" / "final.safetensors")["layers.0.weight"].abs()
+    small = load_tensors(run / "trial_0" / "level_02" / "mask.safetensors")["layers.0.weight"].bool()
+    assert dense[small].min() >= dense[~small].max()  # level 2 is chosen from level 0's weights, not level 1's
