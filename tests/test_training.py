@@ -83,9 +83,10 @@ def test_stacked_replicas_train_like_networks_trained_one_by_one(mnist1d):
 
 def test_early_stop_metrics_are_the_argmin_of_the_recorded_curve(tmp_path, mnist1d):
     config = tiny_config(levels=1)
+    config.train.test_curves = True
     run = lottery.find_tickets(config, tmp_path / "run", data=mnist1d, options=lottery.RunOptions(progress=False))
-    lazy = lottery.find_tickets(config, tmp_path / "lazy", data=mnist1d,
-                                options=lottery.RunOptions(progress=False, test_curves=False))
+    config.train.test_curves = False
+    lazy = lottery.find_tickets(config, tmp_path / "lazy", data=mnist1d, options=lottery.RunOptions(progress=False))
     rows = lottery.read_results(run)
     assert len(rows) == 2 * 2
     for row in rows:
@@ -133,3 +134,27 @@ def test_one_shot_prunes_each_target_from_the_dense_network(tmp_path, mnist1d):
     dense = load_tensors(run / "trial_0" / "level_00" / "imp" / "final.safetensors")["layers.0.weight"].abs()
     small = load_tensors(run / "trial_0" / "level_02" / "mask.safetensors")["layers.0.weight"].bool()
     assert dense[small].min() >= dense[~small].max()  # level 2 is chosen from level 0's weights, not level 1's
+
+
+def test_passes_split_by_max_replicas_give_the_same_results(tmp_path, mnist1d):
+    config = tiny_config(levels=1)
+    config.trials = 3
+    together = lottery.find_tickets(config, tmp_path / "a", data=mnist1d, options=lottery.RunOptions(progress=False))
+    split = lottery.find_tickets(config, tmp_path / "b", data=mnist1d,
+                                 options=lottery.RunOptions(progress=False, max_replicas=2))
+    for a, b in zip(lottery.read_results(together), lottery.read_results(split), strict=True):
+        assert a["percent_remaining"] == b["percent_remaining"]
+        assert a["final_test_accuracy"] == pytest.approx(b["final_test_accuracy"], abs=0.01)
+
+
+def test_bf16_training_matches_float32_within_noise(mnist1d):
+    accuracies = {}
+    for precision in ("float32", "bf16"):
+        train = TrainConfig(optimizer="adam", lr=1e-2, batch_size=50, iterations=500, eval_every=100,
+                            precision=precision)
+        model, specs = _sparse_specs(mnist1d, 3)
+        trainer = StackedTrainer(model, specs, mnist1d, train, [1, 2, 3])
+        trainer.run(train.iterations)
+        accuracies[precision] = sum(r.final_test_accuracy for r in trainer.results()) / 3
+    assert accuracies["float32"] > 0.4  # it learned
+    assert abs(accuracies["bf16"] - accuracies["float32"]) < 0.03

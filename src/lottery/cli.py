@@ -34,9 +34,13 @@ def _parser() -> argparse.ArgumentParser:
     find.add_argument("--data-dir", type=Path, help="datasets folder (else $LOTTERY_DATA, else ~/.cache/lottery)")
     find.add_argument("--out", type=Path, default=Path("runs"), help="parent folder of run directories (default runs/)")
     find.add_argument("--device", default="cpu", help="cpu or cuda")
+    find.add_argument("--max-replicas", type=int, help="replicas trained together in one pass (default: chosen "
+                      "from model size, free memory and device)")
     find.add_argument("--checkpoint-seconds", type=float, default=60.0, help="checkpoint a training pass this often")
-    find.add_argument("--no-test-curves", action="store_true",
-                      help="evaluate the test set only where a metric needs it (same results, faster)")
+    find.add_argument("--test-curves", action=argparse.BooleanOptionalAction, default=None,
+                      help="evaluate the test set at every evaluation (full test curves); without it, only where "
+                           "validation loss improves, which gives the same metrics faster")
+    find.add_argument("--precision", help="float32 (default) or bf16 (bf16 matmuls, float32 master weights)")
     find.add_argument("--no-progress", action="store_true", help="no progress bars")
     find.add_argument("--report", action="store_true", help="write the report when the run ends")
 
@@ -54,7 +58,8 @@ def build_config(args: argparse.Namespace) -> RunConfig:
     config = get_preset(args.preset or DEFAULT_PRESET)
     named = {"prune.levels": args.levels, "trials": args.trials, "train.iterations": args.iterations,
              "prune.rewind_iteration": args.rewind_iteration, "prune.scope": args.scope,
-             "prune.one_shot": args.one_shot}
+             "prune.one_shot": args.one_shot, "train.test_curves": args.test_curves,
+             "train.precision": args.precision}
     for key, value in named.items():
         if value is not None:
             set_value(config, key, value)
@@ -73,12 +78,14 @@ def _find(args: argparse.Namespace) -> None:
         raise UserError("--device cuda asked for, but no CUDA device is available")
     if args.device not in ("cpu",) and not args.device.startswith("cuda"):
         raise UserError(f"unknown device {args.device!r}; use cpu or cuda")
+    if args.max_replicas is not None and args.max_replicas < 1:
+        raise UserError(f"--max-replicas must be at least 1, got {args.max_replicas}")
     if args.checkpoint_seconds < 0:
         raise UserError(f"--checkpoint-seconds must be 0 or more, got {args.checkpoint_seconds}")
     run_dir = args.out / config.run_name()
     print(f"run: {run_dir}", flush=True)
     options = RunOptions(device=args.device, progress=not args.no_progress,
-                         checkpoint_seconds=args.checkpoint_seconds, test_curves=not args.no_test_curves)
+                         checkpoint_seconds=args.checkpoint_seconds, max_replicas=args.max_replicas)
     find_tickets(config, run_dir, data_dir=args.data_dir, options=options)
     print(summary_table(run_dir))
     if args.report:

@@ -38,6 +38,8 @@ class TrainConfig:
     warmup: int = 0  # iterations of linear learning-rate warmup
     milestones: list[int] = field(default_factory=list)  # iterations where lr *= gamma
     gamma: float = 0.1
+    precision: str = "float32"  # float32 | bf16 (bf16 matmuls under autocast, float32 master weights)
+    test_curves: bool = False  # test set at every evaluation; else only where validation improves (same metrics)
 
 
 @dataclass
@@ -63,7 +65,7 @@ class RunConfig:
     prune: PruneConfig = field(default_factory=PruneConfig)
 
     # Fields that do not change any single result; excluded from the run hash so runs can grow.
-    NOT_HASHED: typing.ClassVar[tuple[str, ...]] = ("preset", "trials", "prune.levels")
+    NOT_HASHED: typing.ClassVar[tuple[str, ...]] = ("preset", "trials", "prune.levels", "train.test_curves")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -192,6 +194,7 @@ def validate(config: RunConfig) -> None:
         (t.warmup >= 0, f"train.warmup must be 0 or more, got {t.warmup}"),
         (all(m > 0 for m in t.milestones), f"train.milestones must be positive iterations, got {t.milestones}"),
         (t.gamma > 0, f"train.gamma must be positive, got {t.gamma}"),
+        (t.precision in ("float32", "bf16"), f"train.precision must be float32 or bf16, got {t.precision!r}"),
         (p.criterion in CRITERIA, f"unknown criterion {p.criterion!r}; known: {', '.join(CRITERIA)}"),
         (p.scope in ("layerwise", "global"), f"scope must be layerwise or global, got {p.scope!r}"),
         (0 < p.rate_hidden < 1, f"prune.rate_hidden must be in (0, 1), got {p.rate_hidden}"),

@@ -23,12 +23,14 @@ from .errors import UserError
 from .models import build_model, prunable_roles
 from .order import derive_seed
 from .progress import Progress
+from .sizing import replicas_per_pass
 from .prune import prune_one_shot, prune_round
 from .results import RESULT_COLUMNS, collect_results
 from .store import RunStore, atomic_write_text, load_tensors, save_csv, save_json, save_tensors
 from .train import CURVES, ReplicaResult, ReplicaSpec, StackedTrainer
 
 ModelFn = Callable[[], nn.Module]
+EVAL_BATCH = 10_000
 
 
 @dataclass
@@ -38,7 +40,7 @@ class RunOptions:
     device: str = "cpu"
     progress: bool = True
     checkpoint_seconds: float = 60.0  # at most this long of training is lost on a kill
-    test_curves: bool = True  # evaluate the test set at every evaluation (else only where needed)
+    max_replicas: int | None = None  # replicas per training pass; None: as many as memory and speed favour
 
 
 @dataclass(frozen=True)
@@ -113,6 +115,10 @@ class _Procedure:
         self.levels = config.levels()
         self.device = options.device
         self.progress = Progress(enabled=options.progress, levels=len(self.levels))
+        self.replicas_per_pass = replicas_per_pass(model, self.device, EVAL_BATCH, config.train.batch_size,
+                                                   options.max_replicas)
+        self.progress.note(f"training up to {self.replicas_per_pass} replicas per pass "
+                           f"({'as asked' if options.max_replicas else 'chosen from model size, memory and device'})")
 
     # --- per-trial tensors, each computed once and saved -------------------------------------------
     def init(self, trial: int) -> dict[str, torch.Tensor]:
@@ -164,6 +170,15 @@ class _Procedure:
         self.progress.levels_done(levels, skipped=not jobs)
         if not jobs:
             return
+        name = "level_" + "_".join(f"{level:02d}" for level in levels)
+        size = self.replicas_per_pass
+        chunks = [jobs[i:i + size] for i in range(0, len(jobs), size)]
+        if len(chunks) > 1:
+            self.progress.note(f"{name}: {len(jobs)} replicas in {len(chunks)} passes of up to {size}")
+        for index, chunk in enumerate(chunks):
+            self._train_chunk(name if len(chunks) == 1 else f"{name}_part{index}", chunk, levels)
+
+    def _train_chunk(self, name: str, jobs: list[Job], levels: list[int]) -> None:
         k = self.config.prune.rewind_iteration
         start_iteration = 0 if levels == [0] else k
         specs = []
@@ -171,7 +186,6 @@ class _Procedure:
         for job in jobs:
             start = self.init(job.trial) if job.level == 0 else self.rewind(job.trial)
             specs.append(ReplicaSpec(stream_trials.index(job.trial), start, self.mask(job.trial, job.level)))
-        name = "level_" + "_".join(f"{level:02d}" for level in levels)
         results = self._train_pass(name, jobs, specs, stream_trials, start_iteration, snapshot_at=k if levels == [0] else 0)
         for job, result in zip(jobs, results):
             self._save_result(job, result)
@@ -181,7 +195,7 @@ class _Procedure:
                     start_iteration: int, snapshot_at: int) -> list[ReplicaResult]:
         cfg = self.config.train
         seeds = [derive_seed(self.config.seed, "order", t) for t in stream_trials]
-        trainer = StackedTrainer(self.model, specs, self.data, cfg, seeds, start_iteration, self.options.test_curves)
+        trainer = StackedTrainer(self.model, specs, self.data, cfg, seeds, start_iteration, EVAL_BATCH)
         keys = [j.key for j in jobs]
         checkpoint = self.store.checkpoint_paths(name)[0]
         if checkpoint.exists():

@@ -36,7 +36,8 @@ def _mnist1d_mlp() -> RunConfig:
         trials=3,
         data=DataConfig(dataset="mnist1d", val_size=-1),
         model=ModelConfig(name="mlp", hidden=[500, 500]),
-        train=TrainConfig(optimizer="adam", lr=1e-2, batch_size=100, iterations=1500, eval_every=50),
+        train=TrainConfig(optimizer="adam", lr=1e-2, batch_size=100, iterations=1500, eval_every=50,
+                          test_curves=True),  # 1,000 test examples: full curves cost little
         prune=PruneConfig(levels=14, rate_hidden=0.2, rate_output=0.1),
     )
 

@@ -38,6 +38,10 @@ class Progress:
             self._levels.update(getattr(self, "_pending", 0))
             self._pending = 0
 
+    def note(self, text: str) -> None:
+        if self.enabled:
+            tqdm.write(text, file=sys.stderr)
+
     def close(self) -> None:
         if self._levels is not None:
             self._levels.close()

@@ -6,6 +6,7 @@ optimizer over stacked tensors is exactly R independent optimizers) and its own 
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from collections.abc import Callable
@@ -55,12 +56,19 @@ class ReplicaResult:
         }
 
 
-def stacked_forward_for(model: nn.Module) -> StackedForward:
-    """The model's own batched forward if it has one, else vmap over torch.func.functional_call."""
+def stacked_forward_for(model: nn.Module) -> tuple[StackedForward, StackedForward]:
+    """Two batched forwards over stacked parameters: one for per-replica inputs [R, B, ...] (training)
+    and one for an input shared by every replica [N, ...] (evaluation). A model's own
+    `stacked_forward(params, x, shared=...)` is used when it has one (the built-in MLPs: batched
+    matmuls, measured faster on CPU); otherwise vmap over torch.func.functional_call."""
     own = getattr(model, "stacked_forward", None)
     if callable(own):
-        return own
-    return vmap(lambda p, x: functional_call(model, p, (x,)), randomness="different")
+        return (lambda p, x: own(p, x, shared=False)), (lambda p, x: own(p, x, shared=True))
+
+    def call(p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        return functional_call(model, p, (x,))
+
+    return vmap(call, randomness="different"), vmap(call, in_dims=(0, None), randomness="different")
 
 
 def learning_rate(cfg: TrainConfig, iteration: int) -> float:
@@ -88,20 +96,24 @@ class StackedTrainer:
     """Train R replicas together from `start_iteration`; evaluate every `eval_every` iterations."""
 
     def __init__(self, model: nn.Module, replicas: list[ReplicaSpec], data: Dataset, cfg: TrainConfig,
-                 stream_seeds: list[int], start_iteration: int = 0, test_curves: bool = True,
-                 eval_batch: int = 10_000) -> None:
+                 stream_seeds: list[int], start_iteration: int = 0, eval_batch: int = 10_000) -> None:
         device = data.x_train.device
-        self.cfg, self.data, self.test_curves, self.eval_batch = cfg, data, test_curves, eval_batch
-        self.forward = stacked_forward_for(model)
+        self.cfg, self.data, self.eval_batch = cfg, data, eval_batch
+        self.forward, self.forward_shared = stacked_forward_for(model)
+        self.device_type = device.type
         self.size = len(replicas)
         names = [n for n, _ in model.named_parameters()]
         self.params = {n: torch.stack([r.start[n].detach().to(device, torch.float32) for r in replicas])
                        .contiguous().requires_grad_() for n in names}
         self.masks = {n: torch.stack([r.mask[n].to(device) for r in replicas]).to(torch.float32)
                       for n in replicas[0].mask}
-        with torch.no_grad():
-            for n, m in self.masks.items():
-                self.params[n].mul_(m)
+        # A dense pass (level 0) needs no masking at all; otherwise every prunable tensor is masked.
+        dense = all(bool(m.all()) for m in self.masks.values())
+        self.mask_names = [] if dense else list(self.masks)
+        self.mask_list = [self.masks[n] for n in self.mask_names]
+        if self.mask_names:
+            with torch.no_grad():
+                torch._foreach_mul_([self.params[n] for n in self.mask_names], self.mask_list)
         self.optimizer = build_optimizer(cfg, list(self.params.values()))
         self.order = BatchOrder(len(data.x_train), cfg.batch_size, stream_seeds, device)
         self.stream_rows = torch.tensor([r.stream for r in replicas], device=device)
@@ -112,29 +124,36 @@ class StackedTrainer:
         self.best_val_loss = torch.full((self.size,), math.inf, device=device)
         self.best_iteration = torch.full((self.size,), start_iteration, dtype=torch.long, device=device)
         self.best_test_accuracy = torch.zeros(self.size, device=device)
+        self.test_evaluations = 0  # replica test passes run so far (for benchmarks)
         self._lr = cfg.lr
+
+    def _precision(self) -> contextlib.AbstractContextManager:
+        """bf16 matmuls under autocast (parameters, optimizer and loss stay float32), or nothing."""
+        if self.cfg.precision == "bf16":
+            return torch.autocast(self.device_type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
 
     # --- the hot loop -------------------------------------------------------------------------------
     def step(self) -> None:
         idx = self.order.indices(self.iteration)[self.stream_rows]  # [R, B]
         x, y = self.data.x_train[idx], self.data.y_train[idx]
-        logits = self.forward(self.params, x)
+        with self._precision():
+            logits = self.forward(self.params, x)
         # Sum over replicas of each replica's mean loss: each replica gets exactly its own gradient.
-        loss = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="sum") / self.cfg.batch_size
-        self.optimizer.zero_grad(set_to_none=False)
+        loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum") / self.cfg.batch_size
+        self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        with torch.no_grad():
-            for n, m in self.masks.items():
-                self.params[n].grad.mul_(m)  # optimizer state of pruned weights stays exactly zero
+        # Masked gradients keep the optimizer state of pruned weights at exactly zero, so Adam, momentum
+        # and (L2 or decoupled) weight decay all leave a pruned weight at exactly zero: 0 - lr * 0 = 0.
+        if self.mask_names:
+            with torch.no_grad():
+                torch._foreach_mul_([self.params[n].grad for n in self.mask_names], self.mask_list)
         lr = learning_rate(self.cfg, self.iteration)
         if lr != self._lr:
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             self._lr = lr
         self.optimizer.step()
-        with torch.no_grad():
-            for n, m in self.masks.items():
-                self.params[n].mul_(m)  # weight decay or momentum cannot revive a pruned weight
         self.iteration += 1
 
     def should_evaluate(self, iteration: int) -> bool:
@@ -164,15 +183,19 @@ class StackedTrainer:
 
     # --- evaluation -----------------------------------------------------------------------------------
     @torch.no_grad()
-    def loss_and_accuracy(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean loss and accuracy per replica on (x, y), in large batches, without autograd."""
-        total_loss = torch.zeros(self.size, device=x.device)
-        correct = torch.zeros(self.size, device=x.device)
-        params = {n: p.detach() for n, p in self.params.items()}
+    def loss_and_accuracy(self, x: torch.Tensor, y: torch.Tensor,
+                          replicas: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean loss and accuracy per replica (or per selected replica) on (x, y), in large batches,
+        without autograd."""
+        params = {n: p.detach() if replicas is None else p.detach()[replicas] for n, p in self.params.items()}
+        size = self.size if replicas is None else len(replicas)
+        total_loss = torch.zeros(size, device=x.device)
+        correct = torch.zeros(size, device=x.device)
         for start in range(0, len(x), self.eval_batch):
             xb, yb = x[start:start + self.eval_batch], y[start:start + self.eval_batch]
-            logits = self.forward(params, xb.unsqueeze(0).expand(self.size, *xb.shape))
-            target = yb.unsqueeze(0).expand(self.size, -1)
+            with self._precision():
+                logits = self.forward_shared(params, xb).float()
+            target = yb.unsqueeze(0).expand(size, -1)
             total_loss += F.cross_entropy(logits.transpose(1, 2), target, reduction="none").sum(1)
             correct += (logits.argmax(-1) == target).sum(1)
         return total_loss / max(len(x), 1), correct / max(len(x), 1)
@@ -180,13 +203,19 @@ class StackedTrainer:
     def evaluate_now(self) -> None:
         val_loss, val_acc = self.loss_and_accuracy(self.data.x_val, self.data.y_val)
         improved = val_loss < self.best_val_loss
-        final = self.iteration == self.cfg.iterations
-        # The test set is only needed where a replica reaches a new validation minimum (exact early-stop
-        # accuracy) or for the final accuracy, unless full test curves are asked for.
-        if self.test_curves or final or bool(improved.any()):
+        # The test set is needed only by replicas at a new validation minimum (the early-stop accuracy,
+        # exactly) and at the end, unless full test curves are asked for.
+        test_loss = torch.full_like(val_loss, math.nan)
+        test_acc = torch.full_like(val_loss, math.nan)
+        if self.cfg.test_curves or self.iteration == self.cfg.iterations:
             test_loss, test_acc = self.loss_and_accuracy(self.data.x_test, self.data.y_test)
+            self.test_evaluations += self.size
         else:
-            test_loss = test_acc = torch.full_like(val_loss, math.nan)
+            chosen = improved.nonzero().flatten()
+            if len(chosen):
+                loss, acc = self.loss_and_accuracy(self.data.x_test, self.data.y_test, chosen)
+                test_loss[chosen], test_acc[chosen] = loss, acc
+                self.test_evaluations += len(chosen)
         self.best_val_loss = torch.where(improved, val_loss, self.best_val_loss)
         self.best_iteration = torch.where(improved, torch.full_like(self.best_iteration, self.iteration),
                                           self.best_iteration)

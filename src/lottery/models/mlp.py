@@ -33,16 +33,25 @@ class MLP(nn.Module):
                 x = torch.relu(x)
         return x
 
-    def stacked_forward(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-        """R replicas at once: params have a leading replica dim; x is [R, B, ...]; returns [R, B, C].
+    def stacked_forward(self, params: dict[str, torch.Tensor], x: torch.Tensor, shared: bool = False) -> torch.Tensor:
+        """R replicas at once; params have a leading replica dim. x is [R, B, ...] (one batch per
+        replica) or, with `shared`, [N, ...] for all replicas. Returns [R, B or N, classes].
 
-        Batched matrix multiplies (baddbmm) are faster on CPU than vmap over functional_call.
+        Activations are kept feature-major ([R, features, B]) so that h = W @ x needs no transpose of
+        the weights, and autograd's weight gradient g @ xᵀ comes out in the weights' own [out, in]
+        layout, with no copy. A shared input goes through the first layer as one matmul against all
+        replicas' weights side by side. Measured faster on CPU than vmap over functional_call.
         """
-        x = x.flatten(2)
         n = len(self.layers)
-        for i in range(n):
+        weight, bias = params["layers.0.weight"], params["layers.0.bias"]
+        if shared:
+            replicas, out_features, in_features = weight.shape
+            h = torch.addmm(bias.reshape(-1, 1), weight.reshape(-1, in_features), x.flatten(1).t())  # [R*out, N]
+            h = h.view(replicas, out_features, -1)
+        else:
+            h = torch.baddbmm(bias.unsqueeze(2), weight, x.flatten(2).transpose(1, 2))  # [R, out, B]
+        for i in range(1, n):
+            h = torch.relu(h)
             weight, bias = params[f"layers.{i}.weight"], params[f"layers.{i}.bias"]
-            x = torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
-            if i < n - 1:
-                x = torch.relu(x)
-        return x
+            h = torch.baddbmm(bias.unsqueeze(2), weight, h)
+        return h.transpose(1, 2)

@@ -1,0 +1,86 @@
+"""Training speed of LeNet-300-100 on real MNIST (batch 60, Adam), ours vs. a plain PyTorch loop.
+
+Prints, for 1, 4, 8 and 16 replicas: time per replica-iteration (training + validation every 100 +
+test where validation improves), the ratio against the plain per-network loop measured in this same
+process, the achieved FLOP/s as a fraction of the float32 matmul peak measured here, and a bound for
+this machine (FLOP time at that peak + the optimizer's bytes at the measured memory bandwidth).
+
+    .venv/bin/python benchmarks/train_speed.py [--replicas 1,4,8,16] [--iterations 600] [--device cpu]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+import lottery  # noqa: E402
+from lottery.imp import initial_weights  # noqa: E402
+from lottery.masks import dense_mask  # noqa: E402
+from lottery.prune import prune_round  # noqa: E402
+from lottery.train import ReplicaSpec, StackedTrainer  # noqa: E402
+
+PARAMS = sum(i * o + o for i, o in common.LENET_SIZES)
+
+
+def ours(data, replicas: int, iterations: int, precision: str) -> tuple[float, int]:
+    config = lottery.get_preset("lenet300-mnist")
+    config.train.iterations = iterations
+    config.train.precision = precision
+    fn = lambda: lottery.build_model(config.model, data.input_shape, data.num_classes)  # noqa: E731
+    model = fn().to(data.x_train.device)
+    roles = lottery.prunable_roles(model)
+    specs = []
+    for r in range(replicas):  # sparse masks (level 3 of the ladder), so masking costs what it costs in IMP
+        init = initial_weights(fn, 0, r)
+        mask = dense_mask(init, list(roles))
+        for _ in range(3):
+            mask = prune_round({n: torch.rand(init[n].shape) for n in roles}, mask, roles, 0.2, 0.1)
+        specs.append(ReplicaSpec(r % max(1, replicas // 2), init, mask))
+    streams = list(range(max(1, replicas // 2)))  # two arms per trial share the trial's batches
+    trainer = StackedTrainer(model, specs, data, config.train, streams)
+    trainer.run(20)  # warm-up
+    common._sync(str(data.x_train.device))
+    start = time.perf_counter()
+    trainer.run(iterations)
+    common._sync(str(data.x_train.device))
+    return (time.perf_counter() - start) / ((iterations - 20) * replicas), trainer.test_evaluations
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--replicas", default="1,4,8,16")
+    parser.add_argument("--iterations", type=int, default=1000)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", default="float32", choices=["float32", "bf16"])
+    args = parser.parse_args()
+
+    data = lottery.load_dataset("mnist", common.data_dir(), val_size=5000).to(args.device)
+    peak = common.matmul_peak(args.device)
+    bandwidth = common.memory_bandwidth(args.device)
+    plain = common.plain_loop(data, args.iterations, 60, 100)
+    print(f"device {args.device}, {torch.get_num_threads()} threads; float32 matmul peak {peak / 1e12:.3f} TFLOP/s, "
+          f"copy bandwidth {bandwidth / 1e9:.1f} GB/s")
+    print(f"plain per-network loop: {plain * 1e3:.3f} ms/iteration")
+    train = common.lenet_train_flops(60)
+    val = common.lenet_eval_flops(5000) / 100
+    adam_bytes = PARAMS * 4 * 10  # fused Adam reads p, g, m, v, writes p, m, v; the grad mask reads g, m, writes g
+    bound = (train + val) / peak + adam_bytes / bandwidth
+    print(f"bound per replica-iteration: {bound * 1e3:.3f} ms  (FLOPs {(train + val) / 1e6:.0f} M at peak "
+          f"+ optimizer {adam_bytes / 1e6:.1f} MB at bandwidth)")
+    print(f"{'replicas':>8} {'ms/replica-it':>13} {'vs plain':>9} {'of peak':>8} {'vs bound':>9}  precision {args.precision}")
+    for replicas in [int(r) for r in args.replicas.split(",")]:
+        seconds, tests = ours(data, replicas, args.iterations, args.precision)
+        test_flops = tests * common.lenet_eval_flops(10000) / (args.iterations * replicas)
+        achieved = (train + val + test_flops) / seconds
+        print(f"{replicas:>8} {seconds * 1e3:>13.3f} {plain / seconds:>8.2f}x {achieved / peak:>8.1%} "
+              f"{bound / seconds:>9.1%}")
+
+
+if __name__ == "__main__":
+    main()

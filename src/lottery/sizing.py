@@ -1,0 +1,44 @@
+"""How many replicas train in one pass: as many as fit in memory, up to where stacking stops paying."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+# Measured with benchmarks/train_speed.py (LeNet-300-100, 2-core CPU): time per replica-iteration
+# falls from 1 to 8 replicas and is flat beyond 16, so larger CPU passes only cost memory.
+# A GPU keeps gaining from wider batched matmuls.
+SPEED_CAP = {"cpu": 16, "cuda": 128}
+MEMORY_SHARE = 0.5  # of the memory available now
+
+
+def available_memory(device: torch.device | str) -> int:
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 4 * 2 ** 30  # unknown platform: assume 4 GiB
+
+
+def bytes_per_replica(model: nn.Module, eval_batch: int, batch_size: int) -> int:
+    """float32 weights, gradients, two Adam moments, a mask and a bf16 copy; plus activations of the
+    largest evaluation chunk and of a training batch (with autograd's saved tensors, ~3x)."""
+    params = sum(p.numel() for p in model.parameters())
+    outputs = sum(m.out_features for m in model.modules() if isinstance(m, nn.Linear))
+    outputs += sum(m.out_channels for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd)) * 1024
+    return 4 * params * 6 + 4 * max(outputs, 1) * (eval_batch + 3 * batch_size)
+
+
+def replicas_per_pass(model: nn.Module, device: torch.device | str, eval_batch: int, batch_size: int,
+                      limit: int | None = None) -> int:
+    device_type = torch.device(device).type
+    by_memory = int(available_memory(device) * MEMORY_SHARE // bytes_per_replica(model, eval_batch, batch_size))
+    cap = limit if limit is not None else SPEED_CAP.get(device_type, 16)
+    return max(1, min(cap, by_memory))
