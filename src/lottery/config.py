@@ -59,13 +59,14 @@ class RunConfig:
     preset: str = "custom"
     seed: int = 0
     trials: int = 1  # not part of the run hash: trial t's result does not depend on how many run
+    arms: list[str] = field(default_factory=lambda: ["imp"])  # imp plus controls; see lottery.arms
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     prune: PruneConfig = field(default_factory=PruneConfig)
 
     # Fields that do not change any single result; excluded from the run hash so runs can grow.
-    NOT_HASHED: typing.ClassVar[tuple[str, ...]] = ("preset", "trials", "prune.levels", "train.test_curves")
+    NOT_HASHED: typing.ClassVar[tuple[str, ...]] = ("preset", "trials", "arms", "prune.levels", "train.test_curves")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -173,6 +174,7 @@ def apply_overrides(config: RunConfig, pairs: list[str]) -> None:
 
 def validate(config: RunConfig) -> None:
     """Check ranges that types cannot express; one clear message for the first problem."""
+    from .arms import ARMS
     from .criteria import CRITERIA  # local: criteria does not depend on config
     from .data import DATASETS
     from .models import MODELS
@@ -181,6 +183,10 @@ def validate(config: RunConfig) -> None:
     checks: list[tuple[bool, str]] = [
         (config.trials >= 1, f"trials must be at least 1, got {config.trials}"),
         (p.levels >= 0, f"levels must be 0 or more, got {p.levels}"),
+        (all(a in ARMS for a in config.arms), f"unknown arm in {config.arms}; known: {', '.join(ARMS)}"),
+        ("imp" in config.arms, f"arms must include imp (the ticket that the controls are built from), got {config.arms}"),
+        (len(set(config.arms)) == len(config.arms), f"arms are listed twice in {config.arms}"),
+        (not (p.one_shot and "one-shot" in config.arms), "the one-shot arm is for iterative runs; --one-shot runs are one-shot already"),
         (config.data.dataset in DATASETS, f"unknown dataset {config.data.dataset!r}; known: {', '.join(DATASETS)}"),
         (config.model.name in MODELS, f"unknown model {config.model.name!r}; known: {', '.join(MODELS)}"),
         (all(h >= 1 for h in config.model.hidden), f"model.hidden sizes must be positive, got {config.model.hidden}"),

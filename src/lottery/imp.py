@@ -16,6 +16,7 @@ from safetensors import safe_open
 from torch import nn
 
 from . import masks as masks_lib
+from .arms import OWN_MASK, REDRAWN, mask_with_counts, random_mask, same_sign
 from .config import RunConfig, from_toml, to_toml, validate
 from .criteria import CRITERIA
 from .data import Dataset, load_dataset
@@ -152,6 +153,39 @@ class _Procedure:
                                   p.scope, p.ignore)
         return prune_round(scores, previous, self.roles, p.rate_hidden, p.rate_output, p.scope, p.ignore)
 
+    # --- arms: every control is built from the ticket's own mask at the same level ------------------
+    def arm_mask(self, trial: int, level: int, arm: str) -> masks_lib.Mask:
+        if arm not in OWN_MASK or level == 0:
+            return self.mask(trial, level)
+        path = self.store.arm_dir(trial, level, arm) / "mask.safetensors"
+        if not path.exists():
+            reference = self.mask(trial, level)
+            if arm == "random":
+                mask = random_mask(reference, derive_seed(self.config.seed, "random-mask", trial, level))
+            elif arm == "init-magnitude":
+                init = self.init(trial)
+                mask = mask_with_counts({n: init[n].abs() for n in reference}, reference)
+            else:  # one-shot: the criterion on the dense network's training, straight to these counts
+                trained = load_tensors(self.store.arm_dir(trial, 0, "imp") / "final.safetensors", self.device)
+                init, rewind = self.init(trial), self.rewind(trial)
+                criterion = CRITERIA[self.config.prune.criterion]
+                mask = mask_with_counts({n: criterion(init[n], rewind[n], trained[n]) for n in reference}, reference)
+            save_tensors(path, mask)
+        return {n: t.bool() for n, t in load_tensors(path, self.device).items()}
+
+    def arm_start(self, trial: int, level: int, arm: str) -> dict[str, torch.Tensor]:
+        start = self.init(trial) if level == 0 else self.rewind(trial)
+        if arm not in REDRAWN or level == 0:
+            return start
+        path = self.store.arm_dir(trial, level, arm) / "start.safetensors"
+        if not path.exists():
+            fresh = initial_weights(self.model_fn, derive_seed(self.config.seed, "reinit", arm, level), trial)
+            save_tensors(path, fresh if arm == "reinit" else same_sign(fresh, start))
+        return load_tensors(path, self.device)
+
+    def arms_at(self, level: int) -> list[str]:
+        return ["imp"] if level == 0 else list(self.config.arms)  # controls of the dense net are the dense net
+
     # --- the procedure ------------------------------------------------------------------------------
     def run(self) -> None:
         self._train_levels([0])
@@ -162,11 +196,12 @@ class _Procedure:
             for level in rest:
                 self._train_levels([level])
         self.progress.close()
-        save_csv(self.store.results_path, collect_results(self.store, self.trials, self.levels), RESULT_COLUMNS)
+        rows = collect_results(self.store, self.trials, self.levels, tuple(self.config.arms))
+        save_csv(self.store.results_path, rows, RESULT_COLUMNS)
 
     def _train_levels(self, levels: list[int]) -> None:
-        jobs = [Job("imp", t, level) for level in levels for t in self.trials
-                if not self.store.is_done(t, level, "imp")]
+        jobs = [Job(arm, t, level) for level in levels for arm in self.arms_at(level) for t in self.trials
+                if not self.store.is_done(t, level, arm)]
         self.progress.levels_done(levels, skipped=not jobs)
         if not jobs:
             return
@@ -183,9 +218,9 @@ class _Procedure:
         start_iteration = 0 if levels == [0] else k
         specs = []
         stream_trials = sorted({j.trial for j in jobs})
-        for job in jobs:
-            start = self.init(job.trial) if job.level == 0 else self.rewind(job.trial)
-            specs.append(ReplicaSpec(stream_trials.index(job.trial), start, self.mask(job.trial, job.level)))
+        for job in jobs:  # the arms of a trial share the trial's data order
+            specs.append(ReplicaSpec(stream_trials.index(job.trial), self.arm_start(job.trial, job.level, job.arm),
+                                     self.arm_mask(job.trial, job.level, job.arm)))
         results = self._train_pass(name, jobs, specs, stream_trials, start_iteration, snapshot_at=k if levels == [0] else 0)
         for job, result in zip(jobs, results):
             self._save_result(job, result)
@@ -229,7 +264,7 @@ class _Procedure:
         save_tensors(folder / "final.safetensors", result.final)
         rows = [{"iteration": it, **{k: result.curves[k][i] for k in CURVES}} for i, it in enumerate(result.iterations)]
         save_csv(folder / "curves.csv", rows, ["iteration", *CURVES])
-        kept, total = masks_lib.count(self.mask(job.trial, job.level))
+        kept, total = masks_lib.count(self.arm_mask(job.trial, job.level, job.arm))
         save_json(folder / "metrics.json", {
             "arm": job.arm, "trial": job.trial, "level": job.level,
             "percent_remaining": 100.0 * kept / total, "weights_remaining": kept, "prunable_weights": total,
