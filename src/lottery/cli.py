@@ -49,6 +49,9 @@ def _parser() -> argparse.ArgumentParser:
     report = commands.add_parser("report", help="write RUN_DIR/report/: figures and report.md")
     report.add_argument("run_dir", type=Path)
 
+    claims = commands.add_parser("claims", help="check a run against the paper's quantitative claims")
+    claims.add_argument("run_dir", type=Path)
+
     commands.add_parser("presets", help="list presets")
     return parser
 
@@ -118,6 +121,18 @@ def _report(args: argparse.Namespace) -> None:
     print(f"report: {write_report(args.run_dir)}")
 
 
+def _claims(args: argparse.Namespace) -> None:
+    from .claims import check_claims, claims_markdown
+    from .config import from_toml
+    from .results import read_results
+    from .store import RunStore
+
+    store = RunStore(args.run_dir)
+    if not store.results_path.exists():
+        raise UserError(f"{store.root} has no results.csv: not a finished `lottery find` run directory")
+    print(claims_markdown(check_claims(read_results(store.root), from_toml(store.config_path.read_text()))))
+
+
 def _presets(args: argparse.Namespace) -> None:
     from .presets import PRESETS
 
@@ -129,7 +144,7 @@ def _presets(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     try:
         args = _parser().parse_args(argv)
-        {"find": _find, "report": _report, "presets": _presets}[args.command](args)
+        {"find": _find, "report": _report, "claims": _claims, "presets": _presets}[args.command](args)
     except UserError as exc:
         print(f"lottery: error: {exc}", file=sys.stderr)
         return 2
