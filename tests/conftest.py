@@ -50,6 +50,7 @@ def tiny_config(**prune: object) -> lottery.RunConfig:
     config.train.eval_every = 20
     config.train.batch_size = 50
     config.prune.levels = 2
+    config.arms = ["imp"]
     for key, value in prune.items():
         setattr(config.prune, key, value)
     return config

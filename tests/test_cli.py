@@ -9,7 +9,7 @@ import pytest
 
 from conftest import REPO, run_cli
 
-TINY = ["--iterations", "120", "--levels", "2", "--trials", "2", "--set", "model.hidden=32,32",
+TINY = ["--iterations", "120", "--levels", "2", "--trials", "2", "--arms", "imp,reinit", "--set", "model.hidden=32,32",
         "--set", "train.eval_every=20", "--set", "train.batch_size=50", "--no-progress"]
 
 

@@ -143,7 +143,22 @@ def _ticket_vs_reinit(table: _Table, why_not: str) -> ClaimResult:
     return ClaimResult(claim, paper, measured, "yes" if mean(ratios) >= 2.0 and mean(gains) >= 0.25 else "no")
 
 
-def claims_markdown(results: list[ClaimResult]) -> str:
+def protocol_caveats(config: RunConfig, trials: int) -> list[str]:
+    """Where this run departs from the paper's protocol, so a reader can weigh the verdicts."""
+    t, notes = config.train, []
+    if (t.optimizer, t.lr, t.batch_size, t.eval_every) != ("adam", 1.2e-3, 60, 100):
+        notes.append(f"training differs from the paper's Adam 1.2e-3, batch 60, validation every 100: "
+                     f"{t.optimizer} {t.lr:g}, batch {t.batch_size}, every {t.eval_every}")
+    if t.iterations != 50_000:
+        notes.append(f"{t.iterations:,} iterations per level instead of the paper's 50,000: early-stop "
+                     f"iterations cannot exceed {t.iterations:,}")
+    if trials < 5:
+        notes.append(f"{trials} trial(s) instead of the paper's 5")
+    return notes
+
+
+def claims_markdown(results: list[ClaimResult], caveats: list[str] | None = None) -> str:
     lines = ["| claim | paper | this run (mean [min, max] over trials) | reproduced |", "|---|---|---|---|"]
     lines += [f"| {r.claim} | {r.paper} | {r.measured} | {r.verdict} |" for r in results]
+    lines += [f"\nNote: {c}." for c in caveats or []]
     return "\n".join(lines)

@@ -122,7 +122,7 @@ def _report(args: argparse.Namespace) -> None:
 
 
 def _claims(args: argparse.Namespace) -> None:
-    from .claims import check_claims, claims_markdown
+    from .claims import check_claims, claims_markdown, protocol_caveats
     from .config import from_toml
     from .results import read_results
     from .store import RunStore
@@ -130,7 +130,10 @@ def _claims(args: argparse.Namespace) -> None:
     store = RunStore(args.run_dir)
     if not store.results_path.exists():
         raise UserError(f"{store.root} has no results.csv: not a finished `lottery find` run directory")
-    print(claims_markdown(check_claims(read_results(store.root), from_toml(store.config_path.read_text()))))
+    rows = read_results(store.root)
+    config = from_toml(store.config_path.read_text())
+    trials = len({r["trial"] for r in rows})
+    print(claims_markdown(check_claims(rows, config), protocol_caveats(config, trials)))
 
 
 def _presets(args: argparse.Namespace) -> None:

@@ -12,6 +12,7 @@ matplotlib.use("Agg")  # files only; no screen needed
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from .claims import check_claims, claims_markdown, protocol_caveats  # noqa: E402
 from .config import from_toml  # noqa: E402
 from .errors import UserError  # noqa: E402
 from .results import read_results  # noqa: E402
@@ -32,9 +33,12 @@ def _by_arm_level(rows: list[dict]) -> dict[str, dict[int, list[dict]]]:
 
 
 def _percent_axis(ax: plt.Axes, percents: list[float]) -> None:
+    """Log x axis from 100% down (as in the paper), ticked at the levels' own percents."""
     ax.set_xscale("log")
-    ax.set_xlim(max(percents) * 1.15, min(percents) / 1.15)  # from 100% down, as in the paper
-    ticks = [p for p in (100, 51.3, 21.1, 7.0, 3.6, 1.9, 0.5, 0.2) if min(percents) / 1.15 <= p <= max(percents) * 1.15]
+    ax.set_xlim(max(percents) * 1.15, min(percents) / 1.15)
+    levels = sorted(set(round(p, 1) for p in percents), reverse=True)
+    step = max(1, math.ceil(len(levels) / 9))
+    ticks = levels[::step]
     ax.set_xticks(ticks)
     ax.set_xticklabels([f"{t:g}" for t in ticks])
     ax.minorticks_off()
@@ -58,52 +62,87 @@ def _metric_figure(grouped: dict, metric: str, scale: float, ylabel: str, title:
         x = [p for p, _ in pts]
         mean = np.array([s[0] for _, s in pts])
         low, high = mean - np.array([s[1] for _, s in pts]), np.array([s[2] for _, s in pts]) - mean
-        ax.errorbar(x, mean, yerr=[low, high], marker="o", ms=4, capsize=3, label=f"{arm} (mean, min/max over trials)")
+        ax.errorbar(x, mean, yerr=[low, high], marker="o", ms=4, capsize=3, label=arm)
         all_percents += x
         if arm == "imp" and 0 in levels:
             dense = np.mean([scale * r[metric] for r in levels[0]])
             ax.axhline(dense, color="grey", ls="--", lw=1, label=f"dense network ({dense:.1f})")
     _percent_axis(ax, all_percents)
     ax.set_ylabel(ylabel)
-    ax.set_title(title)
+    ax.set_title(f"{title}\n(mean; bars: min/max over trials)", fontsize=10)
     ax.legend(fontsize=8)
     _save(fig, path)
+
+
+def _mean_curve(store: RunStore, arm: str, level: int, trials: list[int]) -> tuple[list[int], np.ndarray, str]:
+    """Per-trial accuracy curves of one (arm, level): test accuracy, or validation accuracy where the
+    run did not keep full test curves."""
+    series, used = [], "test_accuracy"
+    for trial in trials:
+        curve = load_csv(store.arm_dir(trial, level, arm) / "curves.csv")
+        acc = [float(c["test_accuracy"]) for c in curve]
+        if any(math.isnan(a) for a in acc):
+            used = "val_accuracy"
+        series.append(([int(c["iteration"]) for c in curve], curve))
+    length = min(len(its) for its, _ in series)
+    values = np.array([[float(c[used]) for c in curve[:length]] for _, curve in series]) * 100
+    return series[0][0][:length], values, used
 
 
 def _curves_figure(store: RunStore, grouped: dict, path: Path) -> str:
-    """Test accuracy over training at levels near the paper's; falls back to validation accuracy."""
+    """Accuracy over training at levels near the paper's Fig. 3 levels; reinit arms dashed."""
     imp = grouped.get("imp", {})
     percents = {level: rows[0]["percent_remaining"] for level, rows in imp.items()}
     chosen = sorted({min(percents, key=lambda lv: abs(math.log(percents[lv] / t))) for t in CURVE_TARGETS})
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    used = "test_accuracy"
+    fig, ax = plt.subplots(figsize=(7.2, 4.6))
+    kinds = set()
     for level in chosen:
-        series = []
-        for row in imp[level]:
-            curve = load_csv(store.arm_dir(row["trial"], level, "imp") / "curves.csv")
-            its = [int(c["iteration"]) for c in curve]
-            acc = [float(c["test_accuracy"]) for c in curve]
-            if any(math.isnan(a) for a in acc):
-                used = "val_accuracy"
-                acc = [float(c["val_accuracy"]) for c in curve]
-            series.append((its, acc))
-        length = min(len(s[0]) for s in series)
-        its = series[0][0][:length]
-        values = np.array([s[1][:length] for s in series]) * 100
+        its, values, used = _mean_curve(store, "imp", level, [r["trial"] for r in imp[level]])
+        kinds.add(used)
         line, = ax.plot(its, values.mean(0), label=f"{percents[level]:.1f}% remaining")
-        if len(series) > 1:
+        if len(values) > 1:
             ax.fill_between(its, values.min(0), values.max(0), color=line.get_color(), alpha=0.2)
+        reinit = grouped.get("reinit", {}).get(level)
+        if reinit:
+            its, values, used = _mean_curve(store, "reinit", level, [r["trial"] for r in reinit])
+            kinds.add(used)
+            ax.plot(its, values.mean(0), ls="--", color=line.get_color(), label=f"{percents[level]:.1f}% reinit")
+    name = "test" if kinds == {"test_accuracy"} else "validation" if kinds == {"val_accuracy"} else "test/validation"
     ax.set_xlabel("training iteration")
-    name = "test" if used == "test_accuracy" else "validation"
     ax.set_ylabel(f"{name} accuracy (%)")
-    ax.set_title(f"{name.capitalize()} accuracy during training (mean, min/max band over trials)")
+    ax.set_title(f"{name.capitalize()} accuracy during training (mean; band: min/max over trials)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    lows = [float(np.percentile(ax.lines[i].get_ydata(), 5)) for i in range(len(ax.lines))]
+    ax.legend(fontsize=7, ncol=2)
+    lows = [float(np.percentile(line.get_ydata(), 10)) for line in ax.lines]
     if lows:
-        ax.set_ylim(bottom=max(0.0, min(lows) - 2))
+        ax.set_ylim(bottom=max(0.0, min(lows) - 1))
     _save(fig, path)
     return name
+
+
+def _one_shot_figure(grouped: dict, path: Path) -> None:
+    """One-shot beside iterative pruning at the same per-layer sparsity: speed and accuracy."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, metric, scale, label in ((axes[0], "early_stop_iteration", 1, "early-stop iteration"),
+                                     (axes[1], "early_stop_test_accuracy", 100, "test accuracy at early stop (%)")):
+        percents = []
+        for arm, style in (("imp", "o-"), ("one-shot", "s--")):
+            levels = grouped.get(arm, {})
+            if arm == "one-shot" and 0 in grouped.get("imp", {}):
+                levels = {0: grouped["imp"][0], **levels}  # both start from the same dense network
+            pts = sorted(((rows[0]["percent_remaining"], _spread([scale * r[metric] for r in rows]))
+                          for rows in levels.values()), reverse=True)
+            x = [p for p, _ in pts]
+            m = np.array([s[0] for _, s in pts])
+            err = [m - np.array([s[1] for _, s in pts]), np.array([s[2] for _, s in pts]) - m]
+            ax.errorbar(x, m, yerr=err, fmt=style, ms=4, capsize=3,
+                        label="iterative (imp)" if arm == "imp" else "one-shot from the dense network")
+            percents += x
+        _percent_axis(ax, percents)
+        ax.set_ylabel(label)
+        ax.legend(fontsize=8)
+    fig.suptitle("One-shot vs iterative pruning (mean, min/max over trials)")
+    _save(fig, path)
 
 
 def _table(grouped: dict) -> str:
@@ -140,7 +179,16 @@ def write_report(run_dir: Path | str) -> Path:
                    f"Test accuracy at early stop: {title}", out / "accuracy.png")
     _metric_figure(grouped, "early_stop_iteration", 1, "early-stop iteration (min. validation loss)",
                    f"Early-stop iteration: {title}", out / "early_stop.png")
+    _metric_figure(grouped, "final_train_accuracy", 100, "final train accuracy (%)",
+                   f"Train accuracy at the end of training: {title}", out / "train_accuracy.png")
     curve_kind = _curves_figure(store, grouped, out / "curves.png")
+    figures = ["![accuracy](accuracy.png)", "![early stop](early_stop.png)",
+               f"![curves](curves.png) ({curve_kind} accuracy)", "![train accuracy](train_accuracy.png)"]
+    if "one-shot" in grouped:
+        _one_shot_figure(grouped, out / "one_shot.png")
+        figures.append("![one-shot vs iterative](one_shot.png)")
+    trials = len({r["trial"] for r in rows})
+    claims = claims_markdown(check_claims(rows, config), protocol_caveats(config, trials))
     prunable = rows[0]["prunable_weights"]
     mode = f"one-shot to {config.prune.one_shot} %" if config.prune.one_shot else (
         f"iterative, {config.prune.scope}, hidden {config.prune.rate_hidden:g} / output {config.prune.rate_output:g} "
@@ -153,11 +201,13 @@ Weights remaining are counted from the masks over the {prunable:,} prunable weig
 biases are not prunable). Early stop is the iteration of minimum validation loss; its test accuracy is the
 one recorded at that same iteration. Cells show the mean [min, max] over trials.
 
-![accuracy](accuracy.png)
-![early stop](early_stop.png)
-![curves]({'curves.png'}) ({curve_kind} accuracy)
+{chr(10).join(figures)}
 
 {_table(grouped)}
+
+## The paper's claims (`lottery claims`)
+
+{claims}
 """
     atomic_write_text(out / "report.md", text)
     return out
