@@ -1,4 +1,6 @@
 """lottery: find winning lottery tickets with iterative magnitude pruning, and measure them honestly."""
+from .arms import ARMS
+from .claims import check_claims
 from .config import DataConfig, ModelConfig, PruneConfig, RunConfig, TrainConfig
 from .criteria import CRITERIA, register_criterion
 from .data import Dataset, load_dataset
@@ -8,10 +10,11 @@ from .masks import count, percent_remaining
 from .models import MODELS, build_model, prunable_roles
 from .presets import PRESETS, get_preset
 from .prune import prune_one_shot, prune_round
+from .report import write_report
 from .results import read_results
 
 __all__ = [
-    "CRITERIA", "DataConfig", "Dataset", "MODELS", "ModelConfig", "PRESETS", "PruneConfig", "RunConfig",
+    "ARMS", "CRITERIA", "check_claims", "write_report", "DataConfig", "Dataset", "MODELS", "ModelConfig", "PRESETS", "PruneConfig", "RunConfig",
     "RunOptions", "TrainConfig", "UserError", "build_model", "count", "find_tickets", "get_preset",
     "load_dataset", "percent_remaining", "prunable_roles", "prune_one_shot", "prune_round", "read_results",
     "register_criterion",
