@@ -10,8 +10,16 @@ from .masks import count, percent_remaining
 from .models import MODELS, build_model, prunable_roles
 from .presets import PRESETS, get_preset
 from .prune import prune_one_shot, prune_round
-from .report import write_report
 from .results import read_results
+
+
+
+def write_report(run_dir):  # type: ignore[no-untyped-def]
+    """Write RUN_DIR/report/ (figures, report.md); matplotlib is imported only when this is called."""
+    from .report import write_report as _write_report
+
+    return _write_report(run_dir)
+
 
 __all__ = [
     "ARMS", "CRITERIA", "check_claims", "write_report", "DataConfig", "Dataset", "MODELS", "ModelConfig", "PRESETS", "PruneConfig", "RunConfig",
