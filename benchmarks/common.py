@@ -97,3 +97,28 @@ def plain_loop(data, iterations: int, batch: int, eval_every: int, seed: int = 0
                     (model(data.x_test).argmax(1) == data.y_test).float().mean().item()
     _sync(str(device))
     return (time.perf_counter() - start) / iterations
+
+
+def lenet_trainer(data, replicas: int, streams: int, iterations: int, precision: str, prune_rounds: int):
+    """A StackedTrainer of LeNet-300-100 replicas with random masks after `prune_rounds` rounds of the
+    paper's rates (0: dense, so no masking cost), replica r reading data stream r % streams."""
+    import lottery
+    from lottery.imp import EVAL_BATCH, initial_weights
+    from lottery.masks import dense_mask
+    from lottery.prune import prune_round
+    from lottery.train import ReplicaSpec, StackedTrainer
+
+    config = lottery.get_preset("lenet300-mnist")
+    config.train.iterations = iterations
+    config.train.precision = precision
+    fn = lambda: lottery.build_model(config.model, data.input_shape, data.num_classes)  # noqa: E731
+    model = fn().to(data.x_train.device)
+    roles = lottery.prunable_roles(model)
+    specs = []
+    for r in range(replicas):
+        init = initial_weights(fn, 0, r)
+        mask = dense_mask(init, list(roles))
+        for _ in range(prune_rounds):
+            mask = prune_round({n: torch.rand(init[n].shape) for n in roles}, mask, roles, 0.2, 0.1)
+        specs.append(ReplicaSpec(r % streams, init, mask))
+    return StackedTrainer(model, specs, data, config.train, list(range(streams)), eval_batch=EVAL_BATCH)

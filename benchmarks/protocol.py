@@ -23,10 +23,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 import lottery  # noqa: E402
-from lottery.imp import EVAL_BATCH, initial_weights  # noqa: E402
-from lottery.masks import dense_mask  # noqa: E402
-from lottery.prune import prune_round  # noqa: E402
-from lottery.train import ReplicaSpec, StackedTrainer  # noqa: E402
 
 TRIALS, ARMS, LEVELS, ITERATIONS = 5, 2, 18, 50_000
 
@@ -35,20 +31,7 @@ def pass_seconds(data, replicas: int, streams: int, iterations: int, precision: 
                  improving: bool = True) -> float:
     """Seconds per iteration of one pass. `improving=False` times the steady state of a long run, where
     the validation loss no longer reaches new minima (so no test passes)."""
-    config = lottery.get_preset("lenet300-mnist")
-    config.train.iterations = ITERATIONS
-    config.train.precision = precision
-    fn = lambda: lottery.build_model(config.model, data.input_shape, data.num_classes)  # noqa: E731
-    model = fn().to(data.x_train.device)
-    roles = lottery.prunable_roles(model)
-    specs = []
-    for r in range(replicas):
-        init = initial_weights(fn, 0, r)
-        mask = dense_mask(init, list(roles))
-        if sparse:
-            mask = prune_round({n: torch.rand(init[n].shape) for n in roles}, mask, roles, 0.5, 0.3)
-        specs.append(ReplicaSpec(r % streams, init, mask))
-    trainer = StackedTrainer(model, specs, data, config.train, list(range(streams)), eval_batch=EVAL_BATCH)
+    trainer = common.lenet_trainer(data, replicas, streams, ITERATIONS, precision, prune_rounds=3 if sparse else 0)
     trainer.run(1)
     if not improving:
         trainer.best_val_loss.fill_(-float("inf"))

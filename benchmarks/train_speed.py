@@ -20,30 +20,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 import lottery  # noqa: E402
-from lottery.imp import initial_weights  # noqa: E402
-from lottery.masks import dense_mask  # noqa: E402
-from lottery.prune import prune_round  # noqa: E402
-from lottery.train import ReplicaSpec, StackedTrainer  # noqa: E402
 
 PARAMS = sum(i * o + o for i, o in common.LENET_SIZES)
 
 
 def ours(data, replicas: int, iterations: int, precision: str) -> tuple[float, int]:
-    config = lottery.get_preset("lenet300-mnist")
-    config.train.iterations = iterations
-    config.train.precision = precision
-    fn = lambda: lottery.build_model(config.model, data.input_shape, data.num_classes)  # noqa: E731
-    model = fn().to(data.x_train.device)
-    roles = lottery.prunable_roles(model)
-    specs = []
-    for r in range(replicas):  # sparse masks (level 3 of the ladder), so masking costs what it costs in IMP
-        init = initial_weights(fn, 0, r)
-        mask = dense_mask(init, list(roles))
-        for _ in range(3):
-            mask = prune_round({n: torch.rand(init[n].shape) for n in roles}, mask, roles, 0.2, 0.1)
-        specs.append(ReplicaSpec(r % max(1, replicas // 2), init, mask))
-    streams = list(range(max(1, replicas // 2)))  # two arms per trial share the trial's batches
-    trainer = StackedTrainer(model, specs, data, config.train, streams)
+    # Sparse masks (level 3 of the ladder), so masking costs what it costs in IMP; the two arms of a
+    # trial share the trial's batches.
+    trainer = common.lenet_trainer(data, replicas, max(1, replicas // 2), iterations, precision, prune_rounds=3)
     trainer.run(20)  # warm-up
     common._sync(str(data.x_train.device))
     start = time.perf_counter()

@@ -23,7 +23,12 @@ TINY = ["--iterations", "120", "--levels", "2", "--trials", "2", "--arms", "imp,
     (["find", "--scope", "sideways"], "scope must be layerwise or global"),
     (["find", "--one-shot", "150"], "one-shot percents must be in (0, 100)"),
     (["find", "--device", "tpu"], "unknown device"),
+    (["find", "--arms", "imp,bogus"], "unknown arm"),
+    (["find", "--arms", "reinit"], "arms must include imp"),
+    (["find", "--precision", "fp8"], "train.precision must be float32 or bf16"),
+    (["find", "--max-replicas", "0"], "--max-replicas must be at least 1"),
     (["report", "/nonexistent/run"], "no results.csv"),
+    (["claims", "/nonexistent/run"], "no results.csv"),
 ])
 def test_bad_input_is_one_line_exit_2_and_writes_no_run(tmp_path, args, fragment):
     result = run_cli(*args, "--out", str(tmp_path / "runs")) if args[0] == "find" else run_cli(*args)
