@@ -13,6 +13,7 @@ class Progress:
         self._levels = tqdm(total=levels, desc="levels", unit="level", position=0, file=sys.stderr,
                             dynamic_ncols=True) if enabled else None
         self._iterations: tqdm | None = None
+        self._pending = 0  # levels of the pass in progress, counted when it ends
 
     def levels_done(self, levels: list[int], skipped: bool) -> None:
         if self._levels is not None:
@@ -35,7 +36,7 @@ class Progress:
             self._iterations.close()
             self._iterations = None
         if self._levels is not None:
-            self._levels.update(getattr(self, "_pending", 0))
+            self._levels.update(self._pending)
             self._pending = 0
 
     def note(self, text: str) -> None:

@@ -60,22 +60,23 @@ def one_shot_fractions(sizes: Mapping[str, int], roles: Mapping[str, str], rate_
     """Per-tensor kept fractions that reach `percent` remaining in one step, keeping the per-layer shape of
     the iterative ladder: hidden keeps (1-rate_hidden)^n, output (1-rate_output)^n, for the real n
     that hits the target."""
-    total = sum(sizes.values())
-    target = percent / 100.0 * total
+    target = percent / 100.0 * sum(sizes.values())
+
+    def kept_fraction(name: str, n: float) -> float:
+        if name in ignore:
+            return 1.0
+        return (1 - (rate_hidden if roles[name] == "hidden" else rate_output)) ** n
 
     def kept_at(n: float) -> float:
-        return sum(size * (1.0 if name in ignore else (1 - (rate_hidden if roles[name] == "hidden" else rate_output)) ** n)
-                   for name, size in sizes.items())
+        return sum(size * kept_fraction(name, n) for name, size in sizes.items())
 
     low, high = 0.0, 1.0
     while kept_at(high) > target and high < 1e4:
         high *= 2
-    for _ in range(200):
+    for _ in range(200):  # bisection on the (real) number of rounds n
         mid = (low + high) / 2
         low, high = (mid, high) if kept_at(mid) > target else (low, mid)
-    n = high
-    return {name: (1.0 if name in ignore else (1 - (rate_hidden if roles[name] == "hidden" else rate_output)) ** n)
-            for name in sizes}
+    return {name: kept_fraction(name, high) for name in sizes}
 
 
 def prune_one_shot(scores: Mapping[str, torch.Tensor], mask: Mapping[str, torch.Tensor], roles: Mapping[str, str],
