@@ -251,10 +251,9 @@ class _Procedure:
         bar = self.progress.iterations(name, cfg.iterations - start_iteration, trainer.iteration - start_iteration)
         if snapshot_at > 0 and trainer.iteration <= snapshot_at:
             trainer.run(snapshot_at, on_eval, bar)
-            for job in jobs:
-                weights = {n: p[jobs.index(job)].detach() for n, p in trainer.params.items()}
+            for row, job in enumerate(jobs):
                 if not self.store.rewind_path(job.trial).exists():
-                    save_tensors(self.store.rewind_path(job.trial), weights)
+                    save_tensors(self.store.rewind_path(job.trial), {n: p[row].detach() for n, p in trainer.params.items()})
         trainer.run(cfg.iterations, on_eval, bar)
         self.progress.end_iterations()
         return trainer.results()

@@ -7,7 +7,6 @@ optimizer over stacked tensors is exactly R independent optimizers) and its own 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -257,8 +256,7 @@ class StackedTrainer:
         tensors["best.iteration"] = self.best_iteration
         tensors["best.test_accuracy"] = self.best_test_accuracy
         tensors["rng"] = torch.get_rng_state()
-        meta = {"iteration": self.iteration, "eval_iterations": self.eval_iterations, "lr": self._lr,
-                "param_groups": json.loads(json.dumps(opt["param_groups"], default=str))}
+        meta = {"iteration": self.iteration, "eval_iterations": self.eval_iterations, "lr": self._lr}
         return tensors, meta
 
     def load_state(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
