@@ -27,6 +27,8 @@ def _parser() -> argparse.ArgumentParser:
     find.add_argument("--iterations", type=int, help="training iterations per level")
     find.add_argument("--rewind-iteration", type=int, metavar="K", help="rewind survivors to θK instead of θ0")
     find.add_argument("--scope", help="layerwise (per-layer rates) or global (one threshold)")
+    find.add_argument("--criterion", help="what pruning keeps the largest of: magnitude (default, |θT|), movement, "
+                      "magnitude-increase, large-init, random, path, or a registered one")
     find.add_argument("--arms", metavar="ARM[,ARM...]",
                       help="imp (the ticket) plus controls: reinit, same-sign, random, init-magnitude, one-shot")
     find.add_argument("--one-shot", metavar="PERCENT[,PERCENT...]",
@@ -63,6 +65,7 @@ def build_config(args: argparse.Namespace) -> RunConfig:
     config = get_preset(args.preset or DEFAULT_PRESET)
     named = {"prune.levels": args.levels, "trials": args.trials, "train.iterations": args.iterations,
              "prune.rewind_iteration": args.rewind_iteration, "prune.scope": args.scope,
+             "prune.criterion": args.criterion,
              "prune.one_shot": args.one_shot, "arms": args.arms, "train.test_curves": args.test_curves,
              "train.precision": args.precision}
     for key, value in named.items():

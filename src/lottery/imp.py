@@ -18,7 +18,7 @@ from torch import nn
 from . import masks as masks_lib
 from .arms import OWN_MASK, REDRAWN, mask_with_counts, random_mask, same_sign
 from .config import RunConfig, from_toml, to_toml, validate
-from .criteria import CRITERIA
+from .criteria import needs_path, score_weights
 from .data import Dataset, load_dataset
 from .errors import UserError
 from .models import build_model, prunable_roles
@@ -115,6 +115,7 @@ class _Procedure:
         self.trials = list(range(config.trials))
         self.levels = config.levels()
         self.device = options.device
+        self.track_path = needs_path(config.prune.criterion)
         self.progress = Progress(enabled=options.progress, levels=len(self.levels))
         self.replicas_per_pass = replicas_per_pass(model, self.device, EVAL_BATCH, config.train.batch_size,
                                                    options.max_replicas)
@@ -144,14 +145,21 @@ class _Procedure:
         if level == 0:
             return masks_lib.dense_mask(self.init(trial), list(self.roles))
         source = 0 if p.one_shot else level - 1  # one-shot prunes every level from the dense network
-        trained = load_tensors(self.store.arm_dir(trial, source, "imp") / "final.safetensors", self.device)
-        init, rewind, previous = self.init(trial), self.rewind(trial), self.mask(trial, source)
-        criterion = CRITERIA[p.criterion]
-        scores = {n: criterion(init[n], rewind[n], trained[n]) for n in self.roles}
+        previous = self.mask(trial, source)
+        scores = self.scores(trial, source, list(self.roles), seed_level=level)
         if p.one_shot:
             return prune_one_shot(scores, previous, self.roles, p.rate_hidden, p.rate_output, p.one_shot[level - 1],
                                   p.scope, p.ignore)
         return prune_round(scores, previous, self.roles, p.rate_hidden, p.rate_output, p.scope, p.ignore)
+
+    def scores(self, trial: int, trained_level: int, names: list[str], seed_level: int) -> dict[str, torch.Tensor]:
+        """The criterion's scores from the ticket trained at `trained_level` (its θT and, if needed, its path)."""
+        folder = self.store.arm_dir(trial, trained_level, "imp")
+        trained = load_tensors(folder / "final.safetensors", self.device)
+        path = load_tensors(folder / "path.safetensors", self.device) if self.track_path else None
+        seed = derive_seed(self.config.seed, "criterion", trial, seed_level)
+        return score_weights(self.config.prune.criterion, self.init(trial), self.rewind(trial), trained, names,
+                             path, seed)
 
     # --- arms: every control is built from the ticket's own mask at the same level ------------------
     def arm_mask(self, trial: int, level: int, arm: str) -> masks_lib.Mask:
@@ -166,10 +174,7 @@ class _Procedure:
                 init = self.init(trial)
                 mask = mask_with_counts({n: init[n].abs() for n in reference}, reference)
             else:  # one-shot: the criterion on the dense network's training, straight to these counts
-                trained = load_tensors(self.store.arm_dir(trial, 0, "imp") / "final.safetensors", self.device)
-                init, rewind = self.init(trial), self.rewind(trial)
-                criterion = CRITERIA[self.config.prune.criterion]
-                mask = mask_with_counts({n: criterion(init[n], rewind[n], trained[n]) for n in reference}, reference)
+                mask = mask_with_counts(self.scores(trial, 0, list(reference), seed_level=level), reference)
             save_tensors(path, mask)
         return {n: t.bool() for n, t in load_tensors(path, self.device).items()}
 
@@ -230,7 +235,8 @@ class _Procedure:
                     start_iteration: int, snapshot_at: int) -> list[ReplicaResult]:
         cfg = self.config.train
         seeds = [derive_seed(self.config.seed, "order", t) for t in stream_trials]
-        trainer = StackedTrainer(self.model, specs, self.data, cfg, seeds, start_iteration, EVAL_BATCH)
+        trainer = StackedTrainer(self.model, specs, self.data, cfg, seeds, start_iteration, EVAL_BATCH,
+                                 track_path=self.track_path)
         keys = [j.key for j in jobs]
         checkpoint = self.store.checkpoint_paths(name)[0]
         if checkpoint.exists():
@@ -260,6 +266,8 @@ class _Procedure:
 
     def _save_result(self, job: Job, result: ReplicaResult) -> None:
         folder = self.store.arm_dir(job.trial, job.level, job.arm)
+        if result.path is not None and job.arm == "imp":  # the trunk's path feeds the next mask
+            save_tensors(folder / "path.safetensors", result.path)
         save_tensors(folder / "final.safetensors", result.final)
         rows = [{"iteration": it, **{k: result.curves[k][i] for k in CURVES}} for i, it in enumerate(result.iterations)]
         save_csv(folder / "curves.csv", rows, ["iteration", *CURVES])

@@ -44,6 +44,7 @@ class ReplicaResult:
     final_test_accuracy: float
     final_train_accuracy: float
     final: dict[str, torch.Tensor] = field(repr=False)
+    path: dict[str, torch.Tensor] | None = field(default=None, repr=False)  # Σ|θt+1 − θt| per prunable weight
 
     def metrics(self) -> dict[str, float | int]:
         return {
@@ -95,7 +96,8 @@ class StackedTrainer:
     """Train R replicas together from `start_iteration`; evaluate every `eval_every` iterations."""
 
     def __init__(self, model: nn.Module, replicas: list[ReplicaSpec], data: Dataset, cfg: TrainConfig,
-                 stream_seeds: list[int], start_iteration: int = 0, eval_batch: int = 10_000) -> None:
+                 stream_seeds: list[int], start_iteration: int = 0, eval_batch: int = 10_000,
+                 track_path: bool = False) -> None:
         device = data.x_train.device
         self.cfg, self.data, self.eval_batch = cfg, data, eval_batch
         self.forward, self.forward_shared = stacked_forward_for(model)
@@ -114,6 +116,11 @@ class StackedTrainer:
             with torch.no_grad():
                 torch._foreach_mul_([self.params[n] for n in self.mask_names], self.mask_list)
         self.optimizer = build_optimizer(cfg, list(self.params.values()))
+        # Path length Σt |θt+1 − θt| of every prunable weight, for the `path` criterion only.
+        self.path = {n: torch.zeros_like(self.params[n]) for n in self.masks} if track_path else {}
+        self._path_list = list(self.path.values())
+        self._path_params = [self.params[n] for n in self.path]
+        self._previous = [p.detach().clone() for p in self._path_params]
         self.order = BatchOrder(len(data.x_train), cfg.batch_size, stream_seeds, device)
         self.stream_rows = torch.tensor([r.stream for r in replicas], device=device)
         self.iteration = start_iteration
@@ -153,7 +160,17 @@ class StackedTrainer:
                 group["lr"] = lr
             self._lr = lr
         self.optimizer.step()
+        if self.path:
+            self._accumulate_path()
         self.iteration += 1
+
+    @torch.no_grad()
+    def _accumulate_path(self) -> None:
+        # In place, multi-tensor, no allocation: previous ← |θt − θt+1|, path += previous, previous ← θt+1.
+        torch._foreach_sub_(self._previous, self._path_params)
+        torch._foreach_abs_(self._previous)
+        torch._foreach_add_(self._path_list, self._previous)
+        torch._foreach_copy_(self._previous, self._path_params)
 
     def should_evaluate(self, iteration: int) -> bool:
         return (iteration == self.start_iteration or iteration % self.cfg.eval_every == 0
@@ -238,6 +255,7 @@ class StackedTrainer:
                 final_test_accuracy=float(self.curves["test_accuracy"][-1][r]),
                 final_train_accuracy=float(train_acc[r]),
                 final={n: p[r].detach().clone() for n, p in self.params.items()},
+                path={n: p[r].clone() for n, p in self.path.items()} if self.path else None,
             ))
         return out
 
@@ -255,6 +273,7 @@ class StackedTrainer:
         tensors["best.val_loss"] = self.best_val_loss
         tensors["best.iteration"] = self.best_iteration
         tensors["best.test_accuracy"] = self.best_test_accuracy
+        tensors.update({f"path.{n}": p for n, p in self.path.items()})
         tensors["rng"] = torch.get_rng_state()
         meta = {"iteration": self.iteration, "eval_iterations": self.eval_iterations, "lr": self._lr}
         return tensors, meta
@@ -263,6 +282,9 @@ class StackedTrainer:
         with torch.no_grad():
             for n, p in self.params.items():
                 p.copy_(tensors[f"param.{n}"])
+            for n, p in self.path.items():
+                p.copy_(tensors[f"path.{n}"])
+            torch._foreach_copy_(self._previous, self._path_params)
         opt = self.optimizer.state_dict()
         state: dict[int, dict[str, torch.Tensor]] = {}
         for key, value in tensors.items():
