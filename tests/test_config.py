@@ -51,3 +51,12 @@ def test_validation_rejects_out_of_range_values(pair, fragment):
     apply_overrides(config, [pair])
     with pytest.raises(UserError, match=fragment):
         validate(config)
+
+
+def test_run_names_of_existing_presets_are_stable():
+    # A run directory's name is its config hash: new config fields at their default must not change it,
+    # or existing runs would stop resuming.
+    assert lottery.get_preset("lenet300-mnist-paper").run_hash() == "46048bbe0f"
+    config = lottery.get_preset("lenet300-mnist-paper")
+    config.model.dropout = 0.5
+    assert config.run_hash() != "46048bbe0f"

@@ -54,6 +54,12 @@ def _parser() -> argparse.ArgumentParser:
     claims = commands.add_parser("claims", help="check a run against the paper's quantitative claims")
     claims.add_argument("run_dir", type=Path)
 
+    compare = commands.add_parser("compare", help="put runs on the same axes and measure their masks' overlap")
+    compare.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR")
+    compare.add_argument("--labels", help="comma-separated names for the runs (default: directory names)")
+    compare.add_argument("--arms", default="imp", metavar="ARM[,ARM...]", help="arms to plot (default imp)")
+    compare.add_argument("--out", type=Path, help="output folder (default runs/compare-<hash of the runs>)")
+
     commands.add_parser("presets", help="list presets")
     return parser
 
@@ -139,6 +145,21 @@ def _claims(args: argparse.Namespace) -> None:
     print(claims_markdown(check_claims(rows, config), protocol_caveats(config, trials)))
 
 
+def _compare(args: argparse.Namespace) -> None:
+    import hashlib
+
+    from .compare import compare_runs
+
+    for run in args.run_dirs:
+        if not (run / "results.csv").exists():
+            raise UserError(f"{run} has no results.csv: not a finished `lottery find` run directory")
+    labels = [s.strip() for s in args.labels.split(",")] if args.labels else None
+    arms = tuple(a.strip() for a in args.arms.split(",") if a.strip())
+    digest = hashlib.sha256("\n".join(str(r.resolve()) for r in args.run_dirs).encode()).hexdigest()[:8]
+    out = args.out or Path("runs") / f"compare-{digest}"
+    print(f"compare: {compare_runs(args.run_dirs, out, labels, arms)}")
+
+
 def _presets(args: argparse.Namespace) -> None:
     from .presets import PRESETS
 
@@ -150,7 +171,8 @@ def _presets(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     try:
         args = _parser().parse_args(argv)
-        {"find": _find, "report": _report, "claims": _claims, "presets": _presets}[args.command](args)
+        {"find": _find, "report": _report, "claims": _claims, "compare": _compare,
+         "presets": _presets}[args.command](args)
     except UserError as exc:
         print(f"lottery: error: {exc}", file=sys.stderr)
         return 2

@@ -23,6 +23,7 @@ class DataConfig:
 class ModelConfig:
     name: str = "mlp"
     hidden: list[int] = field(default_factory=lambda: [100, 100])  # used by `mlp`; fixed for named nets
+    dropout: float = 0.0  # dropout rate on hidden activations during training (the paper's Section 4)
 
 
 @dataclass
@@ -67,6 +68,9 @@ class RunConfig:
 
     # Fields that do not change any single result; excluded from the run hash so runs can grow.
     NOT_HASHED: typing.ClassVar[tuple[str, ...]] = ("preset", "trials", "arms", "prune.levels", "train.test_curves")
+    # Fields added after runs existed: hashed only when set away from this value, so that existing run
+    # directories keep their names (and resume) when the field appears.
+    HASHED_UNLESS: typing.ClassVar[dict[str, Any]] = {"model.dropout": 0.0}
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -75,6 +79,9 @@ class RunConfig:
         flat = flatten(self.to_dict())
         for key in self.NOT_HASHED:
             flat.pop(key, None)
+        for key, value in self.HASHED_UNLESS.items():
+            if flat.get(key) == value:
+                flat.pop(key)
         blob = json.dumps(flat, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:10]
 
@@ -189,6 +196,7 @@ def validate(config: RunConfig) -> None:
         (not (p.one_shot and "one-shot" in config.arms), "the one-shot arm is for iterative runs; --one-shot runs are one-shot already"),
         (config.data.dataset in DATASETS, f"unknown dataset {config.data.dataset!r}; known: {', '.join(DATASETS)}"),
         (config.model.name in MODELS, f"unknown model {config.model.name!r}; known: {', '.join(MODELS)}"),
+        (0 <= config.model.dropout < 1, f"model.dropout must be in [0, 1), got {config.model.dropout}"),
         (all(h >= 1 for h in config.model.hidden), f"model.hidden sizes must be positive, got {config.model.hidden}"),
         (t.optimizer in ("adam", "sgd"), f"unknown optimizer {t.optimizer!r}; known: adam, sgd"),
         (t.lr > 0, f"train.lr must be positive, got {t.lr}"),

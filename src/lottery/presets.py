@@ -51,6 +51,14 @@ def _lenet300_paper(dataset: str, preset: str) -> RunConfig:
     return config
 
 
+def _lenet300_dropout() -> RunConfig:
+    # The paper's Section 4 trains its conv nets with dropout 0.5 on the fully-connected layers; the same
+    # rate on LeNet-300-100's hidden layers. Compare with `lenet300-mnist` (no dropout) via `lottery compare`.
+    config = _lenet300("mnist", "lenet300-mnist-dropout")
+    config.model.dropout = 0.5
+    return config
+
+
 PRESETS: dict[str, Preset] = {
     "mnist1d-mlp": Preset(
         "default: MLP 40-500-500-10 on MNIST-1D, tickets and reinit controls, 3 trials, 100% to 4.7%; minutes on 2 cores",
@@ -67,6 +75,10 @@ PRESETS: dict[str, Preset] = {
     "lenet300-fashion-paper": Preset(
         "the same full protocol on Fashion-MNIST",
         lambda: _lenet300_paper("fashion-mnist", "lenet300-fashion-paper"),
+    ),
+    "lenet300-mnist-dropout": Preset(
+        "lenet300-mnist with dropout 0.5 on the hidden layers (the paper's Section 4); compare with lenet300-mnist",
+        _lenet300_dropout,
     ),
     "lenet300-fashion": Preset(
         "the paper's LeNet-300-100 protocol on Fashion-MNIST",

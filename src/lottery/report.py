@@ -1,28 +1,20 @@
 """Figures and a table from a run directory: RUN_DIR/report/{accuracy,early_stop,curves}.png, report.md."""
 from __future__ import annotations
 
-import io
 import math
 from collections import defaultdict
 from pathlib import Path
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")  # files only; no screen needed
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from .claims import check_claims, claims_markdown, protocol_caveats  # noqa: E402
-from .config import from_toml  # noqa: E402
-from .errors import UserError  # noqa: E402
-from .results import read_results  # noqa: E402
-from .store import RunStore, atomic_write_bytes, atomic_write_text, load_csv  # noqa: E402
+from .claims import check_claims, claims_markdown, protocol_caveats
+from .config import from_toml
+from .errors import UserError
+from .figures import percent_axis, plt, save_figure, spread
+from .results import read_results
+from .store import RunStore, atomic_write_text, load_csv
 
 CURVE_TARGETS = (100.0, 51.3, 21.1, 7.0, 3.6, 1.9)  # the paper's Fig. 3 levels
-
-
-def _spread(values: list[float]) -> tuple[float, float, float]:
-    return float(np.mean(values)), float(np.min(values)), float(np.max(values))
 
 
 def _by_arm_level(rows: list[dict]) -> dict[str, dict[int, list[dict]]]:
@@ -32,32 +24,11 @@ def _by_arm_level(rows: list[dict]) -> dict[str, dict[int, list[dict]]]:
     return out
 
 
-def _percent_axis(ax: plt.Axes, percents: list[float]) -> None:
-    """Log x axis from 100% down (as in the paper), ticked at the levels' own percents."""
-    ax.set_xscale("log")
-    ax.set_xlim(max(percents) * 1.15, min(percents) / 1.15)
-    levels = sorted(set(round(p, 1) for p in percents), reverse=True)
-    step = max(1, math.ceil(len(levels) / 9))
-    ticks = levels[::step]
-    ax.set_xticks(ticks)
-    ax.set_xticklabels([f"{t:g}" for t in ticks])
-    ax.minorticks_off()
-    ax.set_xlabel("weights remaining (%, of prunable weights)")
-    ax.grid(alpha=0.3)
-
-
-def _save(fig: plt.Figure, path: Path) -> None:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    atomic_write_bytes(path, buffer.getvalue())
-
-
 def _metric_figure(grouped: dict, metric: str, scale: float, ylabel: str, title: str, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     all_percents = []
     for arm, levels in grouped.items():
-        pts = sorted(((rows[0]["percent_remaining"], _spread([scale * r[metric] for r in rows]))
+        pts = sorted(((rows[0]["percent_remaining"], spread([scale * r[metric] for r in rows]))
                       for rows in levels.values()), reverse=True)
         x = [p for p, _ in pts]
         mean = np.array([s[0] for _, s in pts])
@@ -67,11 +38,11 @@ def _metric_figure(grouped: dict, metric: str, scale: float, ylabel: str, title:
         if arm == "imp" and 0 in levels:
             dense = np.mean([scale * r[metric] for r in levels[0]])
             ax.axhline(dense, color="grey", ls="--", lw=1, label=f"dense network ({dense:.1f})")
-    _percent_axis(ax, all_percents)
+    percent_axis(ax, all_percents)
     ax.set_ylabel(ylabel)
     ax.set_title(f"{title}\n(mean; bars: min/max over trials)", fontsize=10)
     ax.legend(fontsize=8)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def _mean_curve(store: RunStore, arm: str, level: int, trials: list[int]) -> tuple[list[int], np.ndarray, str]:
@@ -116,7 +87,7 @@ def _curves_figure(store: RunStore, grouped: dict, path: Path) -> str:
     lows = [float(np.percentile(line.get_ydata(), 10)) for line in ax.lines]
     if lows:
         ax.set_ylim(bottom=max(0.0, min(lows) - 1))
-    _save(fig, path)
+    save_figure(fig, path)
     return name
 
 
@@ -130,7 +101,7 @@ def _one_shot_figure(grouped: dict, path: Path) -> None:
             levels = grouped.get(arm, {})
             if arm == "one-shot" and 0 in grouped.get("imp", {}):
                 levels = {0: grouped["imp"][0], **levels}  # both start from the same dense network
-            pts = sorted(((rows[0]["percent_remaining"], _spread([scale * r[metric] for r in rows]))
+            pts = sorted(((rows[0]["percent_remaining"], spread([scale * r[metric] for r in rows]))
                           for rows in levels.values()), reverse=True)
             x = [p for p, _ in pts]
             m = np.array([s[0] for _, s in pts])
@@ -138,11 +109,11 @@ def _one_shot_figure(grouped: dict, path: Path) -> None:
             ax.errorbar(x, m, yerr=err, fmt=style, ms=4, capsize=3,
                         label="iterative (imp)" if arm == "imp" else "one-shot from the dense network")
             percents += x
-        _percent_axis(ax, percents)
+        percent_axis(ax, percents)
         ax.set_ylabel(label)
         ax.legend(fontsize=8)
     fig.suptitle("One-shot vs iterative pruning (mean, min/max over trials)")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def _table(grouped: dict) -> str:
@@ -154,7 +125,7 @@ def _table(grouped: dict) -> str:
             rows = levels[level]
 
             def cell(metric: str, scale: float = 1.0, fmt: str = ".2f") -> str:
-                m, lo, hi = _spread([scale * r[metric] for r in rows])
+                m, lo, hi = spread([scale * r[metric] for r in rows])
                 return f"{m:{fmt}} [{lo:{fmt}}, {hi:{fmt}}]" if len(rows) > 1 else f"{m:{fmt}}"
 
             lines.append(f"| {arm} | {level} | {rows[0]['percent_remaining']:.1f} | {cell('early_stop_iteration', fmt='.0f')} "

@@ -10,6 +10,7 @@ import contextlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -56,19 +57,32 @@ class ReplicaResult:
         }
 
 
-def stacked_forward_for(model: nn.Module) -> tuple[StackedForward, StackedForward]:
-    """Two batched forwards over stacked parameters: one for per-replica inputs [R, B, ...] (training)
-    and one for an input shared by every replica [N, ...] (evaluation). A model's own
-    `stacked_forward(params, x, shared=...)` is used when it has one (the built-in MLPs: batched
-    matmuls, measured faster on CPU); otherwise vmap over torch.func.functional_call."""
+class StackedForwards(NamedTuple):
+    """Batched forwards over stacked parameters (leading replica dim)."""
+
+    train: StackedForward  # per-replica inputs [R, B, ...], training mode (dropout on)
+    each: StackedForward  # per-replica inputs [R, B, ...], evaluation mode
+    shared: StackedForward  # one input [N, ...] for every replica, evaluation mode
+
+
+def stacked_forward_for(model: nn.Module) -> StackedForwards:
+    """A model's own `stacked_forward(params, x, shared=..., train=...)` when it has one (the built-in
+    MLPs: batched matmuls, measured faster on CPU); otherwise vmap over torch.func.functional_call,
+    with the module put in train or eval mode for the call."""
     own = getattr(model, "stacked_forward", None)
     if callable(own):
-        return (lambda p, x: own(p, x, shared=False)), (lambda p, x: own(p, x, shared=True))
+        return StackedForwards(lambda p, x: own(p, x, shared=False, train=True),
+                               lambda p, x: own(p, x, shared=False, train=False),
+                               lambda p, x: own(p, x, shared=True, train=False))
 
-    def call(p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-        return functional_call(model, p, (x,))
+    def call(train: bool) -> Callable[[dict[str, torch.Tensor], torch.Tensor], torch.Tensor]:
+        def one(p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+            model.train(train)
+            return functional_call(model, p, (x,))
+        return one
 
-    return vmap(call, randomness="different"), vmap(call, in_dims=(0, None), randomness="different")
+    return StackedForwards(vmap(call(True), randomness="different"), vmap(call(False), randomness="different"),
+                           vmap(call(False), in_dims=(0, None), randomness="different"))
 
 
 def learning_rate(cfg: TrainConfig, iteration: int) -> float:
@@ -100,7 +114,7 @@ class StackedTrainer:
                  track_path: bool = False) -> None:
         device = data.x_train.device
         self.cfg, self.data, self.eval_batch = cfg, data, eval_batch
-        self.forward, self.forward_shared = stacked_forward_for(model)
+        self.forwards = stacked_forward_for(model)
         self.device_type = device.type
         self.size = len(replicas)
         names = [n for n, _ in model.named_parameters()]
@@ -144,7 +158,7 @@ class StackedTrainer:
         idx = self.order.indices(self.iteration)[self.stream_rows]  # [R, B]
         x, y = self.data.x_train[idx], self.data.y_train[idx]
         with self._precision():
-            logits = self.forward(self.params, x)
+            logits = self.forwards.train(self.params, x)
         # Sum over replicas of each replica's mean loss: each replica gets exactly its own gradient.
         loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum") / self.cfg.batch_size
         self.optimizer.zero_grad(set_to_none=True)
@@ -210,7 +224,7 @@ class StackedTrainer:
         for start in range(0, len(x), self.eval_batch):
             xb, yb = x[start:start + self.eval_batch], y[start:start + self.eval_batch]
             with self._precision():
-                logits = self.forward_shared(params, xb).float()
+                logits = self.forwards.shared(params, xb).float()
             target = yb.unsqueeze(0).expand(size, -1)
             total_loss += F.cross_entropy(logits.transpose(1, 2), target, reduction="none").sum(1)
             correct += (logits.argmax(-1) == target).sum(1)

@@ -13,11 +13,11 @@ ModelBuilder = Callable[[ModelConfig, tuple[int, ...], int], nn.Module]
 
 
 def _lenet300_100(config: ModelConfig, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
-    return MLP(math.prod(input_shape), [300, 100], num_classes)
+    return MLP(math.prod(input_shape), [300, 100], num_classes, config.dropout)
 
 
 def _mlp(config: ModelConfig, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
-    return MLP(math.prod(input_shape), list(config.hidden), num_classes)
+    return MLP(math.prod(input_shape), list(config.hidden), num_classes, config.dropout)
 
 
 MODELS: dict[str, ModelBuilder] = {

@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -16,10 +17,11 @@ def gaussian_glorot_(linear: nn.Linear, generator: torch.Generator | None = None
 
 
 class MLP(nn.Module):
-    """input -> [Linear -> ReLU] * len(hidden) -> Linear. Inputs of any shape are flattened."""
+    """input -> [Linear -> ReLU -> Dropout] * len(hidden) -> Linear. Inputs of any shape are flattened."""
 
-    def __init__(self, input_size: int, hidden: list[int], num_classes: int) -> None:
+    def __init__(self, input_size: int, hidden: list[int], num_classes: int, dropout: float = 0.0) -> None:
         super().__init__()
+        self.dropout = dropout
         sizes = [input_size, *hidden, num_classes]
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
         for layer in self.layers:
@@ -30,12 +32,14 @@ class MLP(nn.Module):
         for i, layer in enumerate(self.layers):
             x = layer(x)
             if i < len(self.layers) - 1:
-                x = torch.relu(x)
+                x = F.dropout(torch.relu(x), self.dropout, self.training)
         return x
 
-    def stacked_forward(self, params: dict[str, torch.Tensor], x: torch.Tensor, shared: bool = False) -> torch.Tensor:
+    def stacked_forward(self, params: dict[str, torch.Tensor], x: torch.Tensor, shared: bool = False,
+                        train: bool = False) -> torch.Tensor:
         """R replicas at once; params have a leading replica dim. x is [R, B, ...] (one batch per
-        replica) or, with `shared`, [N, ...] for all replicas. Returns [R, B or N, classes].
+        replica) or, with `shared`, [N, ...] for all replicas. Returns [R, B or N, classes]. Dropout
+        (independent per replica and example) only with `train`.
 
         Activations are kept feature-major ([R, features, B]) so that h = W @ x needs no transpose of
         the weights, and autograd's weight gradient g @ xᵀ comes out in the weights' own [out, in]
@@ -51,7 +55,7 @@ class MLP(nn.Module):
         else:
             h = torch.baddbmm(bias.unsqueeze(2), weight, x.flatten(2).transpose(1, 2))  # [R, out, B]
         for i in range(1, n):
-            h = torch.relu(h)
+            h = F.dropout(torch.relu(h), self.dropout, train)
             weight, bias = params[f"layers.{i}.weight"], params[f"layers.{i}.bias"]
             h = torch.baddbmm(bias.unsqueeze(2), weight, h)
         return h.transpose(1, 2)
