@@ -67,3 +67,18 @@ def test_imp_runs_with_the_criterion_and_prunes_by_its_scores(tmp_path, mnist1d,
         assert not (level0 / "path.safetensors").exists()  # tracked only when the criterion needs it
         return
     assert score[mask].min() >= score[~mask].max()
+
+
+def test_path_survives_a_checkpoint_bit_for_bit(mnist1d):
+    model, specs = _sparse_specs(mnist1d, 2)
+    train = TrainConfig(optimizer="adam", lr=1e-2, batch_size=32, iterations=40, eval_every=20)
+    straight = StackedTrainer(model, specs, mnist1d, train, [1, 2], track_path=True)
+    straight.run(40)
+    first = StackedTrainer(model, specs, mnist1d, train, [1, 2], track_path=True)
+    first.run(20)
+    tensors, meta = first.state()
+    resumed = StackedTrainer(model, specs, mnist1d, train, [1, 2], track_path=True)
+    resumed.load_state({k: v.clone() for k, v in tensors.items()}, meta)
+    resumed.run(40)
+    for n in straight.path:
+        assert torch.equal(straight.path[n], resumed.path[n])

@@ -298,7 +298,8 @@ class StackedTrainer:
                 p.copy_(tensors[f"param.{n}"])
             for n, p in self.path.items():
                 p.copy_(tensors[f"path.{n}"])
-            torch._foreach_copy_(self._previous, self._path_params)
+            for previous, p in zip(self._previous, self._path_params):
+                previous.copy_(p)
         opt = self.optimizer.state_dict()
         state: dict[int, dict[str, torch.Tensor]] = {}
         for key, value in tensors.items():
