@@ -102,3 +102,29 @@ def test_a_foreign_local_file_is_reported(tmp_path, shared_data):
         handle.write(b"not an idx file")
     with pytest.raises(UserError, match="truncated or not the official one"):
         lottery.load_dataset("mnist", tmp_path)
+
+
+def test_shifts_permute_rotate_and_subset(shared_data):
+    from lottery.data import load_data
+    from lottery.data.shifts import permutation
+
+    index = permutation(784, 0.5, seed=3)
+    assert int((index != torch.arange(784)).sum()) == 392  # exactly half the positions move
+    assert torch.equal(index.sort().values, torch.arange(784))  # a permutation
+    base = lottery.get_preset("lenet300-mnist").data
+    plain = load_data(base, shared_data)
+    base.rotate_degrees = 90
+    turned = load_data(base, shared_data)
+    quarter = torch.rot90(plain.x_test[:50], 1, (2, 3))
+    other = torch.rot90(plain.x_test[:50], -1, (2, 3))
+    # A quarter turn by resampling equals an exact quarter turn one way, up to interpolation error.
+    assert min((turned.x_test[:50] - quarter).abs().max(), (turned.x_test[:50] - other).abs().max()) < 1e-3
+    base.rotate_degrees, base.classes = 0, [0, 1, 2, 3, 4]
+    subset = load_data(base, shared_data)
+    assert set(subset.y_test.tolist()) == {0, 1, 2, 3, 4} and subset.num_classes == 10
+    assert len(subset.x_test) == int((plain.y_test < 5).sum())
+    base.classes, base.permute_fraction = [], 1.0
+    permuted = load_data(base, shared_data)
+    assert torch.equal(permuted.y_test, plain.y_test)
+    assert torch.equal(permuted.x_test.flatten(1).sort(1).values, plain.x_test.flatten(1).sort(1).values)
+    assert not torch.equal(permuted.x_test, plain.x_test)

@@ -16,7 +16,10 @@ from .errors import UserError
 class DataConfig:
     dataset: str = "mnist1d"
     val_size: int = -1  # examples held out of the training set; -1: the dataset's default (5,000 for MNIST)
-    split_seed: int = 0
+    split_seed: int = 0  # also fixes the permutation of `permute_fraction`
+    permute_fraction: float = 0.0  # share of input positions permuted (a fixed permutation); see data.shifts
+    rotate_degrees: float = 0.0  # images rotated by this angle
+    classes: list[int] = field(default_factory=list)  # only these labels; empty: all
 
 
 @dataclass
@@ -70,7 +73,8 @@ class RunConfig:
     NOT_HASHED: typing.ClassVar[tuple[str, ...]] = ("preset", "trials", "arms", "prune.levels", "train.test_curves")
     # Fields added after runs existed: hashed only when set away from this value, so that existing run
     # directories keep their names (and resume) when the field appears.
-    HASHED_UNLESS: typing.ClassVar[dict[str, Any]] = {"model.dropout": 0.0}
+    HASHED_UNLESS: typing.ClassVar[dict[str, Any]] = {"model.dropout": 0.0, "data.permute_fraction": 0.0,
+                                                      "data.rotate_degrees": 0.0, "data.classes": []}
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -216,6 +220,8 @@ def validate(config: RunConfig) -> None:
         (0 <= p.rewind_iteration < t.iterations,
          f"rewind iteration must be in [0, iterations={t.iterations}), got {p.rewind_iteration}"),
         (all(0 < q < 100 for q in p.one_shot), f"one-shot percents must be in (0, 100), got {p.one_shot}"),
+        (0 <= config.data.permute_fraction <= 1,
+         f"data.permute_fraction must be in [0, 1], got {config.data.permute_fraction}"),
         (config.data.val_size >= -1, f"data.val_size must be -1 (default) or 0 or more, got {config.data.val_size}"),
     ]
     for ok, message in checks:

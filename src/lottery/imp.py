@@ -5,24 +5,22 @@ so re-running the same command resumes where it stopped and gives the same resul
 """
 from __future__ import annotations
 
-import json
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from torch import nn
 
 from . import masks as masks_lib
 from .arms import OWN_MASK, REDRAWN, mask_with_counts, random_mask, same_sign
 from .config import RunConfig, from_toml, to_toml, validate
 from .criteria import needs_path, score_weights
-from .data import Dataset, load_dataset
+from .data import Dataset, load_data
 from .errors import UserError
 from .models import build_model, prunable_roles
 from .order import derive_seed
+from .passes import finish_pass, resume, train_with_checkpoints
 from .progress import Progress
 from .sizing import replicas_per_pass
 from .prune import prune_one_shot, prune_round
@@ -77,7 +75,7 @@ def find_tickets(config: RunConfig, run_dir: Path | str, *, model_fn: ModelFn | 
     options = options or RunOptions()
     validate(config)
     if data is None:
-        data = load_dataset(config.data.dataset, data_dir, config.data.val_size, config.data.split_seed)
+        data = load_data(config.data, data_dir)
     if config.train.batch_size > len(data.x_train):
         raise UserError(f"batch size {config.train.batch_size} exceeds the {len(data.x_train)} training examples")
     data = data.to(options.device)
@@ -229,7 +227,7 @@ class _Procedure:
         results = self._train_pass(name, jobs, specs, stream_trials, start_iteration, snapshot_at=k if levels == [0] else 0)
         for job, result in zip(jobs, results):
             self._save_result(job, result)
-        self.store.checkpoint_paths(name)[0].unlink(missing_ok=True)
+        finish_pass(self.store.checkpoint_paths(name)[0])
 
     def _train_pass(self, name: str, jobs: list[Job], specs: list[ReplicaSpec], stream_trials: list[int],
                     start_iteration: int, snapshot_at: int) -> list[ReplicaResult]:
@@ -237,30 +235,17 @@ class _Procedure:
         seeds = [derive_seed(self.config.seed, "order", t) for t in stream_trials]
         trainer = StackedTrainer(self.model, specs, self.data, cfg, seeds, start_iteration, EVAL_BATCH,
                                  track_path=self.track_path)
-        keys = [j.key for j in jobs]
-        checkpoint = self.store.checkpoint_paths(name)[0]
-        if checkpoint.exists():
-            with safe_open(str(checkpoint), "pt") as handle:
-                meta = json.loads(handle.metadata()["meta"])
-            if meta.get("keys") == keys:
-                trainer.load_state(load_tensors(checkpoint, self.device), meta)
-        last_save = time.monotonic()
-
-        def on_eval(tr: StackedTrainer) -> None:
-            nonlocal last_save
-            if tr.iteration < cfg.iterations and time.monotonic() - last_save >= self.options.checkpoint_seconds:
-                tensors, meta = tr.state()
-                meta["keys"] = keys
-                save_tensors(checkpoint, tensors, {"meta": json.dumps(meta)})
-                last_save = time.monotonic()
-
+        keys, checkpoint = [j.key for j in jobs], self.store.checkpoint_paths(name)[0]
+        resume(trainer, keys, checkpoint)
         bar = self.progress.iterations(name, cfg.iterations - start_iteration, trainer.iteration - start_iteration)
-        if snapshot_at > 0 and trainer.iteration <= snapshot_at:
-            trainer.run(snapshot_at, on_eval, bar)
+
+        def save_rewind_points(tr: StackedTrainer) -> None:
             for row, job in enumerate(jobs):
                 if not self.store.rewind_path(job.trial).exists():
-                    save_tensors(self.store.rewind_path(job.trial), {n: p[row].detach() for n, p in trainer.params.items()})
-        trainer.run(cfg.iterations, on_eval, bar)
+                    save_tensors(self.store.rewind_path(job.trial), {n: p[row].detach() for n, p in tr.params.items()})
+
+        train_with_checkpoints(trainer, keys, checkpoint, cfg.iterations,
+                               self.options.checkpoint_seconds, bar, snapshot_at, save_rewind_points)
         self.progress.end_iterations()
         return trainer.results()
 

@@ -11,7 +11,7 @@ class Progress:
     def __init__(self, enabled: bool, levels: int) -> None:
         self.enabled = enabled
         self._levels = tqdm(total=levels, desc="levels", unit="level", position=0, file=sys.stderr,
-                            dynamic_ncols=True) if enabled else None
+                            dynamic_ncols=True) if enabled and levels else None
         self._iterations: tqdm | None = None
         self._pending = 0  # levels of the pass in progress, counted when it ends
 

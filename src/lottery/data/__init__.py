@@ -12,6 +12,7 @@ from ..errors import UserError
 from .idx import load_fashion_mnist, load_mnist
 from .mnist1d import load_mnist1d
 from .raw import RawSplits
+from .shifts import apply_shifts
 
 
 @dataclass
@@ -26,6 +27,7 @@ class Dataset:
     x_test: torch.Tensor
     y_test: torch.Tensor
     num_classes: int
+    pixels: tuple[float, float] | None = None  # (mean, std): pixel = x * std + mean lies in [0, 1]; None: no pixel space
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -33,7 +35,7 @@ class Dataset:
 
     def to(self, device: torch.device | str) -> "Dataset":
         moved = {k: getattr(self, k).to(device) for k in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")}
-        return Dataset(self.name, num_classes=self.num_classes, **moved)
+        return Dataset(self.name, num_classes=self.num_classes, pixels=self.pixels, **moved)
 
 
 DatasetLoader = Callable[[Path], RawSplits]
@@ -68,14 +70,28 @@ def load_dataset(
     val_size: int = -1,
     split_seed: int = 0,
     device: torch.device | str = "cpu",
+    *,
+    permute_fraction: float = 0.0,
+    rotate_degrees: float = 0.0,
+    classes: list[int] | None = None,
 ) -> Dataset:
-    """Load (downloading if needed) a registered dataset, split off validation, move to `device`."""
+    """Load (downloading if needed) a registered dataset, shift it if asked (see `data.shifts`), split
+    off validation, move to `device`."""
     if name not in DATASETS:
         raise UserError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
     raw = DATASETS[name](Path(data_dir) if data_dir else default_data_dir())
+    raw = apply_shifts(raw, permute_fraction, rotate_degrees, classes, seed=split_seed)
     size = raw.default_val_size if val_size < 0 else val_size
     x_train, y_train, x_val, y_val = split_validation(raw.x_train, raw.y_train, size, split_seed)
-    return Dataset(name, x_train, y_train, x_val, y_val, raw.x_test, raw.y_test, raw.num_classes).to(device)
+    return Dataset(name, x_train, y_train, x_val, y_val, raw.x_test, raw.y_test, raw.num_classes,
+                   raw.pixels).to(device)
 
 
-__all__ = ["DATASETS", "Dataset", "RawSplits", "default_data_dir", "load_dataset", "split_validation"]
+def load_data(config: "DataConfig", data_dir: Path | str | None = None) -> Dataset:  # noqa: F821
+    """The dataset a `DataConfig` describes, shifts included."""
+    return load_dataset(config.dataset, data_dir, config.val_size, config.split_seed,
+                        permute_fraction=config.permute_fraction, rotate_degrees=config.rotate_degrees,
+                        classes=list(config.classes))
+
+
+__all__ = ["DATASETS", "Dataset", "RawSplits", "default_data_dir", "load_data", "load_dataset", "split_validation"]

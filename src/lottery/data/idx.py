@@ -65,7 +65,7 @@ def load_idx_dataset(name: str, data_dir: Path) -> RawSplits:
     def labels(a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(a.astype(np.int64))
 
-    return RawSplits(images(train_x), labels(train_y), images(test_x), labels(test_y), 10, 5000)
+    return RawSplits(images(train_x), labels(train_y), images(test_x), labels(test_y), 10, 5000, (mean, std))
 
 
 def load_mnist(data_dir: Path) -> RawSplits:

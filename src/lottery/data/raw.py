@@ -15,3 +15,4 @@ class RawSplits:
     y_test: torch.Tensor
     num_classes: int
     default_val_size: int
+    pixels: tuple[float, float] | None = None  # (mean, std): pixel = x * std + mean lies in [0, 1]
