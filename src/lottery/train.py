@@ -20,6 +20,7 @@ from torch.func import functional_call, vmap
 from .config import TrainConfig
 from .data import Dataset
 from .masks import Mask
+from .memory import fix_malloc_threshold
 from .order import BatchOrder
 
 StackedForward = Callable[[dict[str, torch.Tensor], torch.Tensor], torch.Tensor]
@@ -113,6 +114,7 @@ class StackedTrainer:
                  stream_seeds: list[int], start_iteration: int = 0, eval_batch: int = 10_000,
                  track_path: bool = False) -> None:
         device = data.x_train.device
+        fix_malloc_threshold()  # else heap fragmentation grows RSS without bound over long passes
         self.cfg, self.data, self.eval_batch = cfg, data, eval_batch
         self.forwards = stacked_forward_for(model)
         self.device_type = device.type
