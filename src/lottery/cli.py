@@ -60,8 +60,67 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_argument("--arms", default="imp", metavar="ARM[,ARM...]", help="arms to plot (default imp)")
     compare.add_argument("--out", type=Path, help="output folder (default runs/compare-<hash of the runs>)")
 
+    attack = commands.add_parser("attack", help="accuracy under FGSM/PGD of every level and arm of a run")
+    attack.add_argument("run_dir", type=Path)
+    attack.add_argument("--method", default="fgsm,pgd", help="fgsm, pgd or both (default fgsm,pgd)")
+    attack.add_argument("--eps", default="0.05,0.1,0.2,0.3", help="ℓ∞ budgets in pixel units [0, 1] (default "
+                        "0.05,0.1,0.2,0.3); ε = 0, clean accuracy, is always added")
+    attack.add_argument("--steps", type=int, default=10, help="PGD steps of ε/4 (default 10)")
+    attack.add_argument("--levels", help="levels to attack (default all), e.g. 0,3,7")
+    attack.add_argument("--examples", type=int, help="first N test examples (default all)")
+    _common(attack)
+
+    noise = commands.add_parser("noise", help="robustness of tickets to Gaussian noise, at init and after training")
+    noise.add_argument("run_dir", type=Path)
+    noise.add_argument("--sigmas", default="0.5,1,2,3", help="noise in multiples k of each layer's init std "
+                       "(default 0.5,1,2,3)")
+    noise.add_argument("--levels", help="levels (default: nearest 100, 51.3, 21.1, 7.0, 3.6, 1.9 %%)")
+    noise.add_argument("--draws", type=int, default=5, help="noise draws per network for the inference view")
+    _common(noise)
+
+    transfer = commands.add_parser("transfer", help="train tickets found on one dataset on another")
+    transfer.add_argument("sources", type=Path, nargs="+", metavar="SOURCE_RUN")
+    transfer.add_argument("--to", help="target dataset (mnist, fashion-mnist, mnist1d); shift it with --set")
+    transfer.add_argument("--set", action="append", default=[], metavar="data.KEY=VALUE",
+                          help="target data fields, e.g. data.permute_fraction=0.5, data.rotate_degrees=45, "
+                               "data.classes=0,1,2,3,4")
+    transfer.add_argument("--against", type=Path, metavar="TARGET_RUN",
+                          help="a finished run on the target data to compare with (else one is trained, with "
+                               "arms imp,reinit,random)")
+    transfer.add_argument("--levels", help="levels of the sources to transfer (default all)")
+    transfer.add_argument("--max-replicas", type=int, help="replicas trained together in one pass")
+    _common(transfer)
+
     commands.add_parser("presets", help="list presets")
     return parser
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", type=Path, help="datasets folder (else $LOTTERY_DATA, else ~/.cache/lottery)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _numbers(text: str | None, kind: type, flag: str) -> list | None:
+    if text is None:
+        return None
+    try:
+        values = [kind(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise UserError(f"{flag} expects comma-separated {kind.__name__}s, got {text!r}") from None
+    if not values:
+        raise UserError(f"{flag} is empty")
+    return values
+
+
+def _device(name: str) -> str:
+    import torch
+
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError("--device cuda asked for, but no CUDA device is available")
+    if name != "cpu" and not name.startswith("cuda"):
+        raise UserError(f"unknown device {name!r}; use cpu or cuda")
+    return name
 
 
 def build_config(args: argparse.Namespace) -> RunConfig:
@@ -160,6 +219,51 @@ def _compare(args: argparse.Namespace) -> None:
     print(f"compare: {compare_runs(args.run_dirs, out, labels, arms)}")
 
 
+def _attack(args: argparse.Namespace) -> None:
+    from .attack import attack_run
+
+    methods = [m.strip() for m in args.method.split(",") if m.strip()]
+    out = attack_run(args.run_dir, methods, _numbers(args.eps, float, "--eps"), levels=_numbers(args.levels, int, "--levels"),
+                     examples=args.examples, steps=args.steps, data_dir=args.data_dir, device=_device(args.device))
+    print(f"attack: {out}")
+
+
+def _noise(args: argparse.Namespace) -> None:
+    from .noise import noise_run
+
+    out = noise_run(args.run_dir, _numbers(args.sigmas, float, "--sigmas"), levels=_numbers(args.levels, int, "--levels"),
+                    draws=args.draws, data_dir=args.data_dir, device=_device(args.device), progress=not args.no_progress)
+    print(f"noise: {out}")
+
+
+def _transfer(args: argparse.Namespace) -> None:
+    from .config import DataConfig
+    from .imp import RunOptions
+    from .transfer import transfer_run
+
+    target = None
+    if args.to is not None:
+        from .finished import open_run
+
+        source = open_run(args.sources[0]).config  # the target keeps the source's validation split
+        probe = RunConfig(data=DataConfig(dataset=args.to, val_size=source.data.val_size,
+                                          split_seed=source.data.split_seed))
+        for pair in args.set:
+            if not pair.strip().startswith("data."):
+                raise UserError(f"transfer --set takes data.* fields only, got {pair!r}")
+        apply_overrides(probe, args.set)
+        validate(probe)
+        target = probe.data
+    elif args.set:
+        raise UserError("--set needs --to")
+    if args.max_replicas is not None and args.max_replicas < 1:
+        raise UserError(f"--max-replicas must be at least 1, got {args.max_replicas}")
+    options = RunOptions(device=_device(args.device), progress=not args.no_progress, max_replicas=args.max_replicas)
+    out = transfer_run(args.sources, target, against=args.against, levels=_numbers(args.levels, int, "--levels"),
+                       data_dir=args.data_dir, options=options)
+    print(f"transfer: {out}")
+
+
 def _presets(args: argparse.Namespace) -> None:
     from .presets import PRESETS
 
@@ -172,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = _parser().parse_args(argv)
         {"find": _find, "report": _report, "claims": _claims, "compare": _compare,
-         "presets": _presets}[args.command](args)
+         "attack": _attack, "noise": _noise, "transfer": _transfer, "presets": _presets}[args.command](args)
     except UserError as exc:
         print(f"lottery: error: {exc}", file=sys.stderr)
         return 2

@@ -1,0 +1,183 @@
+"""A ticket on different data: train tickets found on source data on a target dataset.
+
+For each source run, level and trial, the source's ticket (its mask and its start weights θ0, or θk
+when it rewinds) trains on the target data under the target run's training config and data order.
+It is compared with the target's own ticket at that level, its reinit and random arms, and the dense
+network on the target. With the same seed and model, source and target share θ0 for a trial, so the
+transferred ticket differs from the target's own ticket only in its mask.
+
+The target run is `against` when given (a finished `lottery find` on the target data, best with arms
+imp,reinit,random); otherwise it is trained first, inside the output folder, with those arms.
+
+Writes SOURCE/transfer/<target>/ (of the first source): transfer.csv, transfer.png, transfer.md, and
+target-run/ when trained here.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections import defaultdict
+from pathlib import Path
+
+from .config import DataConfig, copy
+from .errors import UserError
+from .figures import errorbar_series, percent_axis, plt, save_figure, spread
+from .finished import FinishedRun, model_and_data, open_run
+from .imp import RunOptions, find_tickets
+from .order import derive_seed
+from .passes import NamedReplica, train_replicas
+from .results import RESULT_COLUMNS
+from .sizing import replicas_per_pass
+from .store import atomic_write_text, load_json, save_csv
+
+TRANSFER_COLUMNS = ["source", *RESULT_COLUMNS]
+TARGET_ARMS = ("imp", "reinit", "random")
+EVAL_BATCH = 10_000
+
+
+def data_label(data: DataConfig) -> str:
+    """A short name for a dataset and its shifts, e.g. mnist-permute0.5-rotate45-classes0.1.2."""
+    parts = [data.dataset]
+    if data.permute_fraction:
+        parts.append(f"permute{data.permute_fraction:g}")
+    if data.rotate_degrees:
+        parts.append(f"rotate{data.rotate_degrees:g}")
+    if data.classes:
+        parts.append("classes" + ".".join(str(c) for c in data.classes))
+    return "-".join(parts)
+
+
+def transfer_run(sources: list[Path | str], target: DataConfig | None = None, *, against: Path | str | None = None,
+                 levels: list[int] | None = None, data_dir: Path | str | None = None,
+                 options: RunOptions | None = None) -> Path:
+    """Train the sources' tickets on the target data and compare (see the module doc); returns the output folder."""
+    options = options or RunOptions()
+    runs = [open_run(s) for s in sources]
+    if not runs:
+        raise UserError("transfer needs at least one source run")
+    first = runs[0]
+    if against is not None:
+        target_run = open_run(against)
+        if target is not None and data_label(target) != data_label(target_run.config.data):
+            raise UserError(f"--to {data_label(target)} differs from the data of {against} "
+                            f"({data_label(target_run.config.data)})")
+        target = target_run.config.data
+    if target is None:
+        raise UserError("say which data to transfer to (--to DATASET) or give a target run (--against)")
+    out = first.store.root / "transfer" / data_label(target)
+    if against is None:
+        config = copy(first.config)
+        config.data = dataclasses.replace(target, classes=list(target.classes))
+        config.arms = list(TARGET_ARMS)
+        config.preset = f"{first.config.preset}-on-{data_label(target)}"
+        find_tickets(config, out / "target-run", data_dir=data_dir, options=options)
+        target_run = open_run(out / "target-run")
+
+    model, _, data, _ = model_and_data(target_run, data_dir, device=options.device)
+    reference = target_run.mask(target_run.trials[0], 0)
+    labels = _source_labels(runs)
+    tconfig = target_run.config
+    replicas = []
+    for run, label in zip(runs, labels):
+        mask0 = run.mask(run.trials[0], 0)
+        if set(mask0) != set(reference) or any(mask0[n].shape != reference[n].shape for n in reference):
+            raise UserError(f"the tickets of {run.store.root} do not fit the model of the target run")
+        chosen = [lv for lv in (levels or run.levels) if lv > 0 and lv in run.levels]
+        if levels and len(chosen) < len([lv for lv in levels if lv > 0]):
+            raise UserError(f"levels {levels} are not all in {run.store.root} (it has up to {run.levels[-1]})")
+        for level in chosen:
+            for trial in sorted(set(run.trials) & set(target_run.trials)):
+                def build(run: FinishedRun = run, trial: int = trial, level: int = level):
+                    return run.start(trial, options.device), run.mask(trial, level, "imp", options.device)
+                replicas.append(NamedReplica(out / "sources" / label / f"trial_{trial}" / f"level_{level:02d}",
+                                             derive_seed(tconfig.seed, "order", trial), build,
+                                             {"source": label, "arm": "transfer", "trial": trial, "level": level}))
+    if not replicas:
+        raise UserError("no (level, trial) is shared by the sources and the target run")
+    per_pass = replicas_per_pass(model, options.device, EVAL_BATCH, tconfig.train.batch_size, options.max_replicas)
+    train_replicas(replicas, model, data, tconfig.train, out / "checkpoints", max_per_pass=per_pass,
+                   checkpoint_seconds=options.checkpoint_seconds, progress=options.progress, label="transfer",
+                   start_iteration=tconfig.prune.rewind_iteration)
+
+    rows = [{c: load_json(r.folder / "metrics.json")[c] for c in TRANSFER_COLUMNS} for r in replicas]
+    target_label = f"{data_label(target)} (own)"
+    rows += [{"source": target_label, **{c: r[c] for c in RESULT_COLUMNS}} for r in target_run.rows]
+    save_csv(out / "transfer.csv", rows, TRANSFER_COLUMNS)
+    _figure(rows, target_label, data_label(target), out / "transfer.png")
+    atomic_write_text(out / "transfer.md", _markdown(rows, target_label, data_label(target), runs, labels, target_run))
+    return out
+
+
+def _source_labels(runs: list[FinishedRun]) -> list[str]:
+    labels = [data_label(r.config.data) for r in runs]
+    if len(set(labels)) < len(labels):
+        labels = [r.store.root.name for r in runs]
+    return labels
+
+
+def _points(rows: list[dict], metric: str, scale: float) -> dict[tuple[str, str], dict[float, list[float]]]:
+    out: dict[tuple[str, str], dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        out[(r["source"], r["arm"])][round(r["percent_remaining"], 3)].append(scale * r[metric])
+    return out
+
+
+def _figure(rows: list[dict], target_label: str, target: str, path: Path) -> None:
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.6))
+    for ax, metric, scale, ylabel in ((axes[0], "early_stop_test_accuracy", 100, "test accuracy at early stop (%)"),
+                                      (axes[1], "early_stop_iteration", 1, "early-stop iteration")):
+        points = _points(rows, metric, scale)
+        dense = points.get((target_label, "imp"), {}).get(100.0)
+        percents: list[float] = []
+        for (source, arm), series in sorted(points.items(), key=lambda kv: (kv[0][0] != target_label, kv[0])):
+            series = {p: v for p, v in series.items() if p < 100.0}
+            if len(series) < 2:
+                continue
+            own = source == target_label
+            label = f"target's own {arm}" if own else f"ticket from {source}"
+            style = {"ls": "--", "color": "grey" if arm == "random" else "black"} if own and arm != "imp" else {}
+            percents += errorbar_series(ax, list(series.items()), marker="o", ms=3, label=label, **style)
+        if dense:
+            ax.axhline(spread(dense)[0], color="grey", ls=":", lw=1, label="dense network on the target")
+        if percents:
+            percent_axis(ax, percents)
+        ax.set_ylabel(ylabel)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"Tickets trained on {target}: transferred vs the target's own (mean, min/max over trials)")
+    save_figure(fig, path)
+
+
+def _markdown(rows: list[dict], target_label: str, target: str, runs: list[FinishedRun], labels: list[str],
+              target_run: FinishedRun) -> str:
+    acc = _points(rows, "early_stop_test_accuracy", 100)
+    its = _points(rows, "early_stop_iteration", 1)
+    own = acc.get((target_label, "imp"), {})
+    percents = sorted({p for (s, a), pts in acc.items() if a in ("imp", "transfer") for p in pts}, reverse=True)
+    lines = [f"# Transfer to {target}", "",
+             f"Target run: {target_run.store.root} ({target_run.config.train.iterations} iterations, "
+             f"{len(target_run.trials)} trials). Sources: " + ", ".join(f"{lab} ({r.store.root})" for lab, r in zip(labels, runs)),
+             "", "![transfer](transfer.png)", "",
+             "Test accuracy at early stop (%), mean over trials; in brackets the difference to the target's own ticket.",
+             "", "| network | " + " | ".join(f"{p:.1f} %" for p in percents) + " |", "|---|" + "---:|" * len(percents)]
+    order = [(target_label, "imp"), (target_label, "reinit"), (target_label, "random"),
+             *[(lab, "transfer") for lab in labels]]
+    for key in order:
+        if key not in acc:
+            continue
+        name = f"target's own {key[1]}" if key[0] == target_label else f"ticket from {key[0]}"
+        cells = []
+        for p in percents:
+            if p not in acc[key]:
+                cells.append("")
+                continue
+            m = spread(acc[key][p])[0]
+            delta = f" ({m - spread(own[p])[0]:+.2f})" if key != (target_label, "imp") and p in own else ""
+            cells.append(f"{m:.2f}{delta}")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", "Early-stop iteration, mean over trials:", "",
+              "| network | " + " | ".join(f"{p:.1f} %" for p in percents) + " |", "|---|" + "---:|" * len(percents)]
+    for key in order:
+        if key in its:
+            name = f"target's own {key[1]}" if key[0] == target_label else f"ticket from {key[0]}"
+            lines.append(f"| {name} | " + " | ".join(f"{spread(its[key][p])[0]:.0f}" if p in its[key] else ""
+                                                     for p in percents) + " |")
+    return "\n".join(lines) + "\n"
