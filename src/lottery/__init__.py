@@ -3,7 +3,7 @@ from .arms import ARMS
 from .claims import check_claims
 from .config import DataConfig, ModelConfig, PruneConfig, RunConfig, TrainConfig
 from .criteria import CRITERIA, register_criterion
-from .data import Dataset, load_dataset
+from .data import Dataset, load_data, load_dataset
 from .errors import UserError
 from .imp import RunOptions, find_tickets
 from .masks import count, percent_remaining
@@ -21,7 +21,20 @@ def write_report(run_dir):  # type: ignore[no-untyped-def]
     return _write_report(run_dir)
 
 
+_EXPERIMENTS = {"compare_runs": "compare", "noise_run": "noise", "attack_run": "attack", "transfer_run": "transfer"}
+
+
+def __getattr__(name: str):  # type: ignore[no-untyped-def]
+    """The experiments import matplotlib; load them on first use."""
+    if name in _EXPERIMENTS:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_EXPERIMENTS[name]}", __name__), name)
+    raise AttributeError(f"module 'lottery' has no attribute {name!r}")
+
+
 __all__ = [
+    "attack_run", "compare_runs", "load_data", "noise_run", "transfer_run",
     "ARMS", "CRITERIA", "check_claims", "write_report", "DataConfig", "Dataset", "MODELS", "ModelConfig", "PRESETS", "PruneConfig", "RunConfig",
     "RunOptions", "TrainConfig", "UserError", "build_model", "count", "find_tickets", "get_preset",
     "load_dataset", "percent_remaining", "prunable_roles", "prune_one_shot", "prune_round", "read_results",
