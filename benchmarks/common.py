@@ -99,7 +99,8 @@ def plain_loop(data, iterations: int, batch: int, eval_every: int, seed: int = 0
     return (time.perf_counter() - start) / iterations
 
 
-def lenet_trainer(data, replicas: int, streams: int, iterations: int, precision: str, prune_rounds: int):
+def lenet_trainer(data, replicas: int, streams: int, iterations: int, precision: str, prune_rounds: int,
+                  track_path: bool = False):
     """A StackedTrainer of LeNet-300-100 replicas with random masks after `prune_rounds` rounds of the
     paper's rates (0: dense, so no masking cost), replica r reading data stream r % streams."""
     import lottery
@@ -121,4 +122,5 @@ def lenet_trainer(data, replicas: int, streams: int, iterations: int, precision:
         for _ in range(prune_rounds):
             mask = prune_round({n: torch.rand(init[n].shape) for n in roles}, mask, roles, 0.2, 0.1)
         specs.append(ReplicaSpec(r % streams, init, mask))
-    return StackedTrainer(model, specs, data, config.train, list(range(streams)), eval_batch=EVAL_BATCH)
+    return StackedTrainer(model, specs, data, config.train, list(range(streams)), eval_batch=EVAL_BATCH,
+                          track_path=track_path)
