@@ -110,6 +110,7 @@ def test_experiment_commands_reject_bad_input_in_one_line(small_run, tmp_path):
         ("attack", str(tmp_path)),
         ("attack", str(small_run), "--method", "cw"),
         ("attack", str(small_run), "--eps", "x"),
+        ("attack", str(small_run), "--examples", "0"),
         ("noise", str(small_run), "--sigmas", "-1"),
         ("noise", str(small_run), "--levels", "9"),
         ("transfer", str(small_run), "--to", "cifar"),

@@ -93,6 +93,8 @@ def attack_run(run_dir: Path | str, methods: list[str], epsilons: list[float], *
         raise UserError(f"unknown attack {unknown or methods}; known: {', '.join(METHODS)}")
     if any(not e >= 0 for e in epsilons) or not epsilons:
         raise UserError(f"eps must be one or more values ≥ 0, got {epsilons}")
+    if examples is not None and examples < 1:
+        raise UserError(f"examples must be at least 1, got {examples}")
     if steps < 1:
         raise UserError(f"PGD steps must be at least 1, got {steps}")
     levels = run.levels if levels is None else levels
@@ -164,7 +166,7 @@ def _markdown(rows: list[dict], run: FinishedRun, data: Dataset, steps: int) -> 
              f"ℓ∞ attacks ({units}) on the first {examples} test examples, against the trained weights θT of every "
              f"arm and trial. PGD: uniform random start, {steps} steps of ε/4. ε = 0 is clean accuracy. "
              "Cells: mean [min, max] accuracy (%) over trials.", "", "![attack](attack.png)", ""]
-    grouped = _grouped([r for r in rows])
+    grouped = _grouped(rows)
     methods = list(dict.fromkeys(r["method"] for r in rows))
     epsilons = sorted({r["eps"] for r in rows})
     arms = list(dict.fromkeys(r["arm"] for r in rows))

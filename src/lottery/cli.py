@@ -213,7 +213,11 @@ def _compare(args: argparse.Namespace) -> None:
         if not (run / "results.csv").exists():
             raise UserError(f"{run} has no results.csv: not a finished `lottery find` run directory")
     labels = [s.strip() for s in args.labels.split(",")] if args.labels else None
+    from .arms import ARMS
+
     arms = tuple(a.strip() for a in args.arms.split(",") if a.strip())
+    if not arms or any(a not in ARMS for a in arms):
+        raise UserError(f"unknown arm in {args.arms!r}; known: {', '.join(ARMS)}")
     digest = hashlib.sha256("\n".join(str(r.resolve()) for r in args.run_dirs).encode()).hexdigest()[:8]
     out = args.out or Path("runs") / f"compare-{digest}"
     print(f"compare: {compare_runs(args.run_dirs, out, labels, arms)}")

@@ -20,6 +20,7 @@ from .data import Dataset
 from .errors import UserError
 from .figures import errorbar_series, percent_axis, plt, save_figure, spread
 from .finished import FinishedRun, ModelFn, model_and_data, open_run
+from .imp import EVAL_BATCH
 from .order import derive_seed
 from .passes import NamedReplica, train_replicas
 from .report import CURVE_TARGETS
@@ -30,7 +31,6 @@ from .train import stacked_forward_for
 TRAINING_COLUMNS = ["arm", "sigma", "trial", "level", "percent_remaining", "early_stop_iteration",
                     "early_stop_test_accuracy", "final_test_accuracy"]
 INFERENCE_COLUMNS = ["arm", "sigma", "trial", "level", "percent_remaining", "accuracy", "draws"]
-EVAL_BATCH = 10_000
 
 
 def layer_sigmas(init: dict[str, torch.Tensor], names: list[str]) -> dict[str, float]:

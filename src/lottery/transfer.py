@@ -22,7 +22,7 @@ from .config import DataConfig, copy
 from .errors import UserError
 from .figures import errorbar_series, percent_axis, plt, save_figure, spread
 from .finished import FinishedRun, model_and_data, open_run
-from .imp import RunOptions, find_tickets
+from .imp import EVAL_BATCH, RunOptions, find_tickets
 from .order import derive_seed
 from .passes import NamedReplica, train_replicas
 from .results import RESULT_COLUMNS
@@ -31,7 +31,6 @@ from .store import atomic_write_text, load_json, save_csv
 
 TRANSFER_COLUMNS = ["source", *RESULT_COLUMNS]
 TARGET_ARMS = ("imp", "reinit", "random")
-EVAL_BATCH = 10_000
 
 
 def data_label(data: DataConfig) -> str:
