@@ -116,8 +116,11 @@ def test_experiment_commands_reject_bad_input_in_one_line(small_run, tmp_path):
         ("transfer", str(small_run), "--to", "cifar"),
         ("transfer", str(small_run), "--to", "mnist", "--set", "train.lr=1"),
         ("transfer", str(small_run), "--against", str(small_run), "--to", "fashion-mnist"),
+        ("transfer", str(small_run), "--to", "mnist1d"),  # 784 inputs in the source, 40 on the target
     ]
     for args in cases:
         result = run_cli(*args)
         assert result.returncode == 2, (args, result.stderr)
         assert result.stderr.count("\n") == 1 and result.stderr.startswith("lottery: error:"), (args, result.stderr)
+    # A ticket that cannot fit the target model is refused before any target run is trained.
+    assert not (small_run / "transfer" / "mnist1d").exists()

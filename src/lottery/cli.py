@@ -249,8 +249,11 @@ def _transfer(args: argparse.Namespace) -> None:
     if args.to is not None:
         from .finished import open_run
 
-        source = open_run(args.sources[0]).config  # the target keeps the source's validation split
-        probe = RunConfig(data=DataConfig(dataset=args.to, val_size=source.data.val_size,
+        # On the same dataset the target keeps the source's validation split; another dataset takes its own
+        # default validation size (5,000 MNIST examples would not fit in MNIST-1D's 4,000).
+        source = open_run(args.sources[0]).config
+        same = args.to == source.data.dataset
+        probe = RunConfig(data=DataConfig(dataset=args.to, val_size=source.data.val_size if same else -1,
                                           split_seed=source.data.split_seed))
         for pair in args.set:
             if not pair.strip().startswith("data."):

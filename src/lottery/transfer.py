@@ -18,11 +18,15 @@ import dataclasses
 from collections import defaultdict
 from pathlib import Path
 
+import torch
+
 from .config import DataConfig, copy
+from .data import load_data
 from .errors import UserError
 from .figures import errorbar_series, percent_axis, plt, save_figure, spread
 from .finished import FinishedRun, model_and_data, open_run
 from .imp import EVAL_BATCH, RunOptions, find_tickets
+from .models import build_model
 from .order import derive_seed
 from .passes import NamedReplica, train_replicas
 from .results import RESULT_COLUMNS
@@ -64,6 +68,11 @@ def transfer_run(sources: list[Path | str], target: DataConfig | None = None, *,
         raise UserError("say which data to transfer to (--to DATASET) or give a target run (--against)")
     out = first.store.root / "transfer" / data_label(target)
     if against is None:
+        # Check the tickets fit a model on the target data before spending a whole target run on it.
+        data = load_data(target, data_dir)
+        shapes = {n: p.shape for n, p in build_model(first.config.model, data.input_shape, data.num_classes)
+                  .named_parameters()}
+        _check_fit(runs, shapes)
         config = copy(first.config)
         config.data = dataclasses.replace(target, classes=list(target.classes))
         config.arms = list(TARGET_ARMS)
@@ -72,14 +81,11 @@ def transfer_run(sources: list[Path | str], target: DataConfig | None = None, *,
         target_run = open_run(out / "target-run")
 
     model, _, data, _ = model_and_data(target_run, data_dir, device=options.device)
-    reference = target_run.mask(target_run.trials[0], 0)
+    _check_fit(runs, {n: m.shape for n, m in target_run.mask(target_run.trials[0], 0).items()})
     labels = _source_labels(runs)
     tconfig = target_run.config
     replicas = []
     for run, label in zip(runs, labels):
-        mask0 = run.mask(run.trials[0], 0)
-        if set(mask0) != set(reference) or any(mask0[n].shape != reference[n].shape for n in reference):
-            raise UserError(f"the tickets of {run.store.root} do not fit the model of the target run")
         chosen = [lv for lv in (levels or run.levels) if lv > 0 and lv in run.levels]
         if levels and len(chosen) < len([lv for lv in levels if lv > 0]):
             raise UserError(f"levels {levels} are not all in {run.store.root} (it has up to {run.levels[-1]})")
@@ -104,6 +110,17 @@ def transfer_run(sources: list[Path | str], target: DataConfig | None = None, *,
     _figure(rows, target_label, data_label(target), out / "transfer.png")
     atomic_write_text(out / "transfer.md", _markdown(rows, target_label, data_label(target), runs, labels, target_run))
     return out
+
+
+def _check_fit(runs: list[FinishedRun], shapes: dict[str, torch.Size]) -> None:
+    """Every source's masks name prunable tensors of the target model, with the same shapes."""
+    for run in runs:
+        masks = run.mask(run.trials[0], 0)
+        wrong = [n for n, m in masks.items() if n not in shapes or m.shape != shapes[n]]
+        if wrong:
+            got = f"{tuple(shapes[wrong[0]])}" if wrong[0] in shapes else "no such tensor"
+            raise UserError(f"the tickets of {run.store.root} do not fit a model on the target data: "
+                            f"{wrong[0]} is {tuple(masks[wrong[0]].shape)} in the source, {got} on the target")
 
 
 def _source_labels(runs: list[FinishedRun]) -> list[str]:
