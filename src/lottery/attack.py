@@ -154,7 +154,11 @@ def _figure(rows: list[dict], methods: list[str], epsilons: list[float], run: Fi
             percent_axis(ax, percents)
         ax.set_ylabel("test accuracy under attack (%)")
         ax.set_title(f"{method.upper()} (ℓ∞, ε in pixel units); mean, min/max over trials", fontsize=10)
-        ax.legend(fontsize=6, ncol=2)
+    # One legend for all panels, outside them: inside, it hid the curves it names.
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, labels, loc="upper left", bbox_to_anchor=(0.99, 0.92), fontsize=8,
+                   title="arm, ε (colour: ε; line: arm)", title_fontsize=8)
     fig.suptitle(f"Robust accuracy vs sparsity: {run.config.model.name} on {run.config.data.dataset}")
     save_figure(fig, path)
 
