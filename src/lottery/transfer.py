@@ -167,7 +167,8 @@ def _markdown(rows: list[dict], target_label: str, target: str, runs: list[Finis
     acc = _points(rows, "early_stop_test_accuracy", 100)
     its = _points(rows, "early_stop_iteration", 1)
     own = acc.get((target_label, "imp"), {})
-    percents = sorted({p for (s, a), pts in acc.items() if a in ("imp", "transfer") for p in pts}, reverse=True)
+    # Columns: the dense network and the sparsities the tickets were transferred at.
+    percents = sorted({100.0} | {p for (s, a), pts in acc.items() if a == "transfer" for p in pts}, reverse=True)
     lines = [f"# Transfer to {target}", "",
              f"Target run: {target_run.store.root} ({target_run.config.train.iterations} iterations, "
              f"{len(target_run.trials)} trials). Sources: " + ", ".join(f"{lab} ({r.store.root})" for lab, r in zip(labels, runs)),
