@@ -161,6 +161,9 @@ def _find(args: argparse.Namespace) -> None:
                          checkpoint_seconds=args.checkpoint_seconds, max_replicas=args.max_replicas)
     find_tickets(config, run_dir, data_dir=args.data_dir, options=options)
     print(summary_table(run_dir))
+    note = late_stop_note(run_dir, config.train.iterations)
+    if note:
+        print(note)
     if args.report:
         from .report import write_report
 
@@ -181,6 +184,19 @@ def summary_table(run_dir: Path) -> str:
                      f"{100 * mean(r['early_stop_test_accuracy'] for r in rows):>14.2f} "
                      f"{100 * mean(r['final_test_accuracy'] for r in rows):>12.2f} {len(rows):>6}")
     return "\n".join(lines)
+
+
+def late_stop_note(run_dir: Path, iterations: int, share: float = 0.1) -> str | None:
+    """A warning when networks reached their validation minimum in the last `share` of training: their
+    early-stop metrics are capped by the budget (dropout, for one, learns slowly), not by overfitting."""
+    from .results import read_results
+
+    rows = read_results(run_dir)
+    late = [r for r in rows if r["early_stop_iteration"] >= (1 - share) * iterations]
+    if not late:
+        return None
+    return (f"note: {len(late)} of {len(rows)} networks reached early stop in the last {share:.0%} of the "
+            f"{iterations:,} iterations, so they may still be learning; consider more --iterations")
 
 
 def _report(args: argparse.Namespace) -> None:
