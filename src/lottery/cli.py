@@ -142,15 +142,10 @@ def build_config(args: argparse.Namespace) -> RunConfig:
 
 
 def _find(args: argparse.Namespace) -> None:
-    import torch
-
     from .imp import RunOptions, find_tickets
 
     config = build_config(args)
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError("--device cuda asked for, but no CUDA device is available")
-    if args.device not in ("cpu",) and not args.device.startswith("cuda"):
-        raise UserError(f"unknown device {args.device!r}; use cpu or cuda")
+    _device(args.device)
     if args.max_replicas is not None and args.max_replicas < 1:
         raise UserError(f"--max-replicas must be at least 1, got {args.max_replicas}")
     if args.checkpoint_seconds < 0:

@@ -67,6 +67,7 @@ def transfer_run(sources: list[Path | str], target: DataConfig | None = None, *,
     if target is None:
         raise UserError("say which data to transfer to (--to DATASET) or give a target run (--against)")
     out = first.store.root / "transfer" / data_label(target)
+    data = None  # loaded once here when a target run is trained, else by model_and_data
     if against is None:
         # Check the tickets fit a model on the target data before spending a whole target run on it.
         data = load_data(target, data_dir)
@@ -77,10 +78,10 @@ def transfer_run(sources: list[Path | str], target: DataConfig | None = None, *,
         config.data = dataclasses.replace(target, classes=list(target.classes))
         config.arms = list(TARGET_ARMS)
         config.preset = f"{first.config.preset}-on-{data_label(target)}"
-        find_tickets(config, out / "target-run", data_dir=data_dir, options=options)
+        find_tickets(config, out / "target-run", data=data, data_dir=data_dir, options=options)
         target_run = open_run(out / "target-run")
 
-    model, _, data, _ = model_and_data(target_run, data_dir, device=options.device)
+    model, _, data, _ = model_and_data(target_run, data_dir, data=data, device=options.device)
     _check_fit(runs, {n: m.shape for n, m in target_run.mask(target_run.trials[0], 0).items()})
     labels = _source_labels(runs)
     tconfig = target_run.config
