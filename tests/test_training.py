@@ -45,12 +45,12 @@ def test_pruned_weights_stay_exactly_zero_and_optimizer_state_cannot_revive_them
         trainer.step()
         for name, mask in trainer.masks.items():
             assert torch.all(trainer.params[name].detach()[mask == 0] == 0)
-    for index, param in enumerate(trainer.params.values()):
-        name = list(trainer.params)[index]
-        if name in trainer.masks:
-            for value in trainer.optimizer.state[param].values():
-                if torch.is_tensor(value) and value.shape == param.shape:
-                    assert torch.all(value[trainer.masks[name] == 0] == 0)
+    buffers, _ = trainer.optimizer.state()
+    assert buffers  # Adam moments or SGD momentum
+    for values in buffers.values():
+        for name, value in zip(trainer.params, values):
+            if name in trainer.masks:
+                assert torch.all(value[trainer.masks[name] == 0] == 0)
     # The kept weights did train.
     first = specs[0].start["layers.0.weight"] * specs[0].mask["layers.0.weight"]
     assert not torch.equal(trainer.params["layers.0.weight"][0].detach(), first)
@@ -161,7 +161,8 @@ def test_bf16_training_matches_float32_within_noise(mnist1d):
 
 
 def test_dropout_acts_in_training_only_and_matches_the_module(mnist1d):
-    from lottery.train import stacked_forward_for
+    from lottery.forwards import stacked_forward_for
+    from lottery.order import ReplicaDraws
 
     model = lottery.build_model(lottery.ModelConfig(name="mlp", hidden=[64, 64], dropout=0.5),
                                 mnist1d.input_shape, mnist1d.num_classes)
@@ -172,9 +173,15 @@ def test_dropout_acts_in_training_only_and_matches_the_module(mnist1d):
     expected = model(x)
     torch.testing.assert_close(forwards.each(params, x.expand(2, *x.shape))[1], expected)
     torch.testing.assert_close(forwards.shared(params, x)[0], expected)
-    first, second = forwards.train(params, x.expand(2, *x.shape))
+    first, second = forwards.train(params, x.expand(2, *x.shape), ReplicaDraws([1, 2], "cpu").at(0))
     assert not torch.allclose(first, second)  # independent dropout per replica
     assert not torch.allclose(first, expected)
+    # A replica's dropout is its own: the same seed gives the same output beside any other replica.
+    params3 = {n: p.repeat(2, *[1] * (p.dim() - 1))[:3] for n, p in params.items()}
+    again = forwards.train(params3, x.expand(3, *x.shape), ReplicaDraws([9, 7, 1], "cpu").at(0))
+    assert torch.equal(again[2], first)
+    later = forwards.train(params, x.expand(2, *x.shape), ReplicaDraws([1, 2], "cpu").at(1))
+    assert not torch.equal(later[0], first)  # and a fresh mask at every iteration
 
 
 def test_imp_trains_with_dropout(tmp_path, mnist1d):

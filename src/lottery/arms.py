@@ -16,6 +16,7 @@ from collections.abc import Mapping
 import torch
 
 from .masks import Mask
+from .order import derive_seed
 from .prune import keep_top
 
 ARMS = ("imp", "reinit", "same-sign", "random", "init-magnitude", "one-shot")
@@ -33,8 +34,10 @@ def mask_with_counts(scores: Mapping[str, torch.Tensor], reference: Mapping[str,
 
 
 def random_mask(reference: Mapping[str, torch.Tensor], seed: int) -> Mask:
-    generator = torch.Generator().manual_seed(seed)
-    scores = {n: torch.rand(m.shape, generator=generator).to(m.device) for n, m in reference.items()}
+    """Random masks with `reference`'s per-tensor counts. Each tensor draws from a generator of its own,
+    seeded by (seed, tensor name), so the result does not depend on the order of `reference`'s keys."""
+    scores = {n: torch.rand(m.shape, generator=torch.Generator().manual_seed(derive_seed(seed, n))).to(m.device)
+              for n, m in reference.items()}
     return mask_with_counts(scores, reference)
 
 

@@ -22,7 +22,7 @@ from .figures import errorbar_series, percent_axis, plt, save_figure, spread
 from .finished import FinishedRun, ModelFn, model_and_data, open_run
 from .order import derive_seed
 from .store import atomic_write_text, save_csv
-from .train import StackedForward, stacked_forward_for
+from .forwards import StackedForward, stacked_forward_for
 
 METHODS = ("fgsm", "pgd")
 ATTACK_COLUMNS = ["arm", "trial", "level", "percent_remaining", "method", "eps", "accuracy", "examples"]

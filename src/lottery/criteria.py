@@ -4,7 +4,8 @@ Pruning keeps the highest scores. Every criterion takes (θ0, θk, θT) position
 needs more declares it when registered and then receives it by keyword:
 - `path`: Σt |θt+1 − θt| accumulated over the level's training (tracked only when such a criterion
   is chosen);
-- `generator`: a torch.Generator seeded from (run seed, trial, level), for randomized criteria.
+- `generator`: a torch.Generator seeded from (run seed, trial, level, tensor name), for randomized
+  criteria: one per tensor, so the scores never depend on the order in which tensors are visited.
 """
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+
+from .order import derive_seed
 
 Score = Callable[..., torch.Tensor]
 EXTRA_INPUTS = ("path", "generator")
@@ -88,7 +91,6 @@ def score_weights(name: str, init: dict[str, torch.Tensor], rewind: dict[str, to
                   seed: int = 0) -> dict[str, torch.Tensor]:
     """Scores of the tensors `names` under the criterion `name`; extra inputs supplied as declared."""
     criterion = CRITERIA[name]
-    generator = torch.Generator().manual_seed(seed)
     out = {}
     for n in names:
         extra: dict[str, object] = {}
@@ -97,6 +99,6 @@ def score_weights(name: str, init: dict[str, torch.Tensor], rewind: dict[str, to
                 raise ValueError(f"criterion {name!r} needs the path of training, which was not tracked")
             extra["path"] = path[n]
         if "generator" in criterion.needs:
-            extra["generator"] = generator
+            extra["generator"] = torch.Generator().manual_seed(derive_seed(seed, n))
         out[n] = criterion.score(init[n], rewind[n], final[n], **extra)
     return out

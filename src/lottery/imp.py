@@ -223,7 +223,8 @@ class _Procedure:
         stream_trials = sorted({j.trial for j in jobs})
         for job in jobs:  # the arms of a trial share the trial's data order
             specs.append(ReplicaSpec(stream_trials.index(job.trial), self.arm_start(job.trial, job.level, job.arm),
-                                     self.arm_mask(job.trial, job.level, job.arm)))
+                                     self.arm_mask(job.trial, job.level, job.arm),
+                                     derive_seed(self.config.seed, "replica", job.arm, job.trial, job.level)))
         results = self._train_pass(name, jobs, specs, stream_trials, start_iteration, snapshot_at=k if levels == [0] else 0)
         for job, result in zip(jobs, results):
             self._save_result(job, result)

@@ -26,7 +26,7 @@ from .passes import NamedReplica, train_replicas
 from .report import CURVE_TARGETS
 from .sizing import replicas_per_pass
 from .store import atomic_write_text, load_json, save_csv
-from .train import stacked_forward_for
+from .forwards import stacked_forward_for
 
 TRAINING_COLUMNS = ["arm", "sigma", "trial", "level", "percent_remaining", "early_stop_iteration",
                     "early_stop_test_accuracy", "final_test_accuracy"]

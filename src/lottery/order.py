@@ -41,3 +41,32 @@ class BatchOrder:
         epoch, step = divmod(iteration, self.steps_per_epoch)
         start = step * self.batch_size
         return self._permutations(epoch)[:, start:start + self.batch_size]
+
+
+class ReplicaDraws:
+    """Each replica's own random numbers for stochastic layers (dropout), never a draw over the stack.
+
+    Replica r's draws at iteration t come from a generator seeded by (its own seed, t), so they are a pure
+    function of the replica's identity and the iteration: not of its neighbours in the pass, of how many
+    replicas share the pass, or of where a resumed run restarted.
+    """
+
+    def __init__(self, seeds: list[int], device: torch.device | str) -> None:
+        self.seeds, self.device = list(seeds), torch.device(device)
+        self._generators = [torch.Generator(self.device) for _ in self.seeds]
+        self.iteration = -1
+
+    def at(self, iteration: int) -> "ReplicaDraws":
+        """Restart every replica's stream at `iteration`; the draws of one step follow in layer order."""
+        self.iteration = iteration
+        for generator, seed in zip(self._generators, self.seeds):
+            generator.manual_seed(derive_seed(seed, "draws", iteration))
+        return self
+
+    def uniform(self, shape: tuple[int, ...] | torch.Size) -> torch.Tensor:
+        """[replicas, *shape] uniform draws in [0, 1), replica r's from its own stream."""
+        return torch.stack([torch.rand(shape, generator=g, device=self.device) for g in self._generators])
+
+    def global_seed(self, replica: int) -> int:
+        """A seed for the global generator while replica `replica` alone runs a module that draws from it."""
+        return derive_seed(self.seeds[replica], "global", self.iteration)

@@ -16,7 +16,9 @@ def prune_count(rate: float, kept: int) -> int:
 
 def keep_top(scores: Mapping[str, torch.Tensor], mask: Mapping[str, torch.Tensor], names: list[str],
              n_keep: int) -> Mask:
-    """Among the kept weights of `names` (pooled), keep the `n_keep` highest scores; one threshold."""
+    """Among the kept weights of `names` (pooled), keep the `n_keep` highest scores; one threshold.
+    Tensors are pooled in name order, so ties resolve the same way whatever order `names` come in."""
+    names = sorted(names)
     flat_scores = torch.cat([scores[n].detach().flatten().float() for n in names])
     flat_mask = torch.cat([mask[n].flatten() for n in names])
     # Already-pruned weights get -inf so they are never chosen back.
@@ -40,7 +42,7 @@ def prune_round(scores: Mapping[str, torch.Tensor], mask: Mapping[str, torch.Ten
     tensors are never pruned."""
     rates = {"hidden": rate_hidden, "output": rate_output}
     new: Mask = {n: m.clone() for n, m in mask.items()}
-    active = [n for n in mask if n not in ignore]
+    active = [n for n in sorted(mask) if n not in ignore]  # name order: sums and ties never follow dict order
     if scope == "global":
         hidden = [n for n in active if roles[n] == "hidden"]
         if hidden:
@@ -83,10 +85,10 @@ def prune_one_shot(scores: Mapping[str, torch.Tensor], mask: Mapping[str, torch.
                    rate_hidden: float, rate_output: float, percent: float, scope: str = "layerwise",
                    ignore: tuple[str, ...] | list[str] = ()) -> Mask:
     """Prune straight to `percent` remaining from one trained network."""
-    sizes = {n: int(m.sum()) for n, m in mask.items()}
+    sizes = {n: int(m.sum()) for n, m in sorted(mask.items())}  # sums in name order: no dict-order rounding
     fractions = one_shot_fractions(sizes, roles, rate_hidden, rate_output, percent, ignore)
     new: Mask = {n: m.clone() for n, m in mask.items()}
-    active = [n for n in mask if n not in ignore]
+    active = [n for n in sorted(mask) if n not in ignore]  # name order: sums and ties never follow dict order
     if scope == "global":
         hidden = [n for n in active if roles[n] == "hidden"]
         if hidden:

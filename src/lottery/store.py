@@ -49,9 +49,10 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[st
 
 
 def load_tensors(path: Path, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
-    """safetensors only: no pickle is ever loaded."""
+    """safetensors only: no pickle is ever loaded. Keys come back sorted: the order safetensors yields
+    them in changes from process to process, and no result may depend on it."""
     tensors = st_load(Path(path).read_bytes())
-    return {k: v.to(device) for k, v in tensors.items()}
+    return {k: tensors[k].to(device) for k in sorted(tensors)}
 
 
 def save_json(path: Path, obj: Any) -> None:

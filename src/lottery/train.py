@@ -1,8 +1,16 @@
 """The training loop over a stack of replicas: several networks trained in one pass.
 
 Every parameter has a leading replica dimension. Each replica has its own mask, its own data stream
-(replicas of one trial share it), its own optimizer state (Adam and SGD act elementwise, so one
-optimizer over stacked tensors is exactly R independent optimizers) and its own metrics.
+(replicas of one trial share it), its own random stream (dropout), its own optimizer state (Adam and
+SGD act elementwise, so one optimizer over stacked tensors is exactly R independent optimizers) and its
+own metrics.
+
+A replica's numbers are bit for bit the same whatever else shares its pass. On the CPU that needs
+every matrix product to be a batched one over at least two replicas: MKL computes each item of a
+batch of two or more single-threaded, in the same order whatever the batch size, but splits a lone
+small product across threads in another order (measured: a 10x500 @ 500x100 product differs in the
+last bits between batch 1 and batch 2+). So a pass of one replica trains a shadow copy beside it, and
+an evaluation of one replica evaluates it twice.
 """
 from __future__ import annotations
 
@@ -10,30 +18,31 @@ import contextlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call, vmap
 
 from .config import TrainConfig
 from .data import Dataset
+from .forwards import StackedForward, StackedForwards, stacked_forward_for
 from .masks import Mask
 from .memory import fix_malloc_threshold
-from .order import BatchOrder
+from .optim import ReplicaOptimizer
+from .order import BatchOrder, ReplicaDraws
 
-StackedForward = Callable[[dict[str, torch.Tensor], torch.Tensor], torch.Tensor]
 CURVES = ("val_loss", "val_accuracy", "test_loss", "test_accuracy")
 
 
 @dataclass
 class ReplicaSpec:
-    """One network to train: its data stream, its start weights (all parameters) and its mask."""
+    """One network to train: its data stream, its start weights (all parameters), its mask and the seed
+    of its own random stream (dropout draws)."""
 
     stream: int
     start: dict[str, torch.Tensor]
     mask: Mask
+    seed: int = 0
 
 
 @dataclass
@@ -58,53 +67,10 @@ class ReplicaResult:
         }
 
 
-class StackedForwards(NamedTuple):
-    """Batched forwards over stacked parameters (leading replica dim)."""
-
-    train: StackedForward  # per-replica inputs [R, B, ...], training mode (dropout on)
-    each: StackedForward  # per-replica inputs [R, B, ...], evaluation mode
-    shared: StackedForward  # one input [N, ...] for every replica, evaluation mode
-
-
-def stacked_forward_for(model: nn.Module) -> StackedForwards:
-    """A model's own `stacked_forward(params, x, shared=..., train=...)` when it has one (the built-in
-    MLPs: batched matmuls, measured faster on CPU); otherwise vmap over torch.func.functional_call,
-    with the module put in train or eval mode for the call."""
-    own = getattr(model, "stacked_forward", None)
-    if callable(own):
-        return StackedForwards(lambda p, x: own(p, x, shared=False, train=True),
-                               lambda p, x: own(p, x, shared=False, train=False),
-                               lambda p, x: own(p, x, shared=True, train=False))
-
-    def call(train: bool) -> Callable[[dict[str, torch.Tensor], torch.Tensor], torch.Tensor]:
-        def one(p: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-            model.train(train)
-            return functional_call(model, p, (x,))
-        return one
-
-    return StackedForwards(vmap(call(True), randomness="different"), vmap(call(False), randomness="different"),
-                           vmap(call(False), in_dims=(0, None), randomness="different"))
-
-
 def learning_rate(cfg: TrainConfig, iteration: int) -> float:
     """Linear warmup, then step decay by `gamma` at each milestone (a pure function of the iteration)."""
     lr = cfg.lr * (min(1.0, (iteration + 1) / cfg.warmup) if cfg.warmup else 1.0)
     return lr * cfg.gamma ** sum(1 for m in cfg.milestones if iteration >= m)
-
-
-def build_optimizer(cfg: TrainConfig, params: list[torch.Tensor]) -> torch.optim.Optimizer:
-    fast = {"fused": True} if _fused_ok(params) else {"foreach": True}
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **fast)
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
-                               weight_decay=cfg.weight_decay, **fast)
-    raise ValueError(f"unknown optimizer {cfg.optimizer!r}")
-
-
-def _fused_ok(params: list[torch.Tensor]) -> bool:
-    device = params[0].device.type
-    return device in ("cpu", "cuda") and all(p.dtype == torch.float32 for p in params)
 
 
 class StackedTrainer:
@@ -116,8 +82,10 @@ class StackedTrainer:
         device = data.x_train.device
         fix_malloc_threshold()  # else heap fragmentation grows RSS without bound over long passes
         self.cfg, self.data, self.eval_batch = cfg, data, eval_batch
-        self.forwards = stacked_forward_for(model)
+        self.forwards = stacked_forward_for(model, data.x_train[:2])
         self.device_type = device.type
+        self.count = len(replicas)  # the replicas asked for; a lone one gets a shadow copy (see the module doc)
+        replicas = replicas * 2 if len(replicas) == 1 else list(replicas)
         self.size = len(replicas)
         names = [n for n, _ in model.named_parameters()]
         self.params = {n: torch.stack([r.start[n].detach().to(device, torch.float32) for r in replicas])
@@ -131,7 +99,7 @@ class StackedTrainer:
         if self.mask_names:
             with torch.no_grad():
                 torch._foreach_mul_([self.params[n] for n in self.mask_names], self.mask_list)
-        self.optimizer = build_optimizer(cfg, list(self.params.values()))
+        self.optimizer = ReplicaOptimizer(cfg, list(self.params.values()))
         # Path length Σt |θt+1 − θt| of every prunable weight, for the `path` criterion only.
         self.path = {n: torch.zeros_like(self.params[n]) for n in self.masks} if track_path else {}
         self._path_list = list(self.path.values())
@@ -139,6 +107,7 @@ class StackedTrainer:
         self._previous = [p.detach().clone() for p in self._path_params]
         self.order = BatchOrder(len(data.x_train), cfg.batch_size, stream_seeds, device)
         self.stream_rows = torch.tensor([r.stream for r in replicas], device=device)
+        self.draws = ReplicaDraws([r.seed for r in replicas], device)
         self.iteration = start_iteration
         self.start_iteration = start_iteration
         self.eval_iterations: list[int] = []
@@ -160,10 +129,10 @@ class StackedTrainer:
         idx = self.order.indices(self.iteration)[self.stream_rows]  # [R, B]
         x, y = self.data.x_train[idx], self.data.y_train[idx]
         with self._precision():
-            logits = self.forwards.train(self.params, x)
+            logits = self.forwards.train(self.params, x, self.draws.at(self.iteration))
         # Sum over replicas of each replica's mean loss: each replica gets exactly its own gradient.
         loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum") / self.cfg.batch_size
-        self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad()
         loss.backward()
         # Masked gradients keep the optimizer state of pruned weights at exactly zero, so Adam, momentum
         # and (L2 or decoupled) weight decay all leave a pruned weight at exactly zero: 0 - lr * 0 = 0.
@@ -171,10 +140,7 @@ class StackedTrainer:
             with torch.no_grad():
                 torch._foreach_mul_([self.params[n].grad for n in self.mask_names], self.mask_list)
         lr = learning_rate(self.cfg, self.iteration)
-        if lr != self._lr:
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr
-            self._lr = lr
+        self.optimizer.lr = self._lr = lr
         self.optimizer.step()
         if self.path:
             self._accumulate_path()
@@ -219,6 +185,9 @@ class StackedTrainer:
                           replicas: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean loss and accuracy per replica (or per selected replica) on (x, y), in large batches,
         without autograd."""
+        if replicas is not None and len(replicas) == 1:  # never a batch of one product (see the module doc)
+            loss, accuracy = self.loss_and_accuracy(x, y, replicas.repeat(2))
+            return loss[:1], accuracy[:1]
         params = {n: p.detach() if replicas is None else p.detach()[replicas] for n, p in self.params.items()}
         size = self.size if replicas is None else len(replicas)
         total_loss = torch.zeros(size, device=x.device)
@@ -228,7 +197,10 @@ class StackedTrainer:
             with self._precision():
                 logits = self.forwards.shared(params, xb).float()
             target = yb.unsqueeze(0).expand(size, -1)
-            total_loss += F.cross_entropy(logits.transpose(1, 2), target, reduction="none").sum(1)
+            # Row-wise losses, then one sum per replica over a fixed-size row: a reduction over the whole
+            # [R, N] block may split rows across threads differently for another R.
+            losses = F.cross_entropy(logits.flatten(0, 1), target.flatten(), reduction="none").view(size, -1)
+            total_loss += torch.stack([row.sum() for row in losses])
             correct += (logits.argmax(-1) == target).sum(1)
         return total_loss / max(len(x), 1), correct / max(len(x), 1)
 
@@ -261,7 +233,7 @@ class StackedTrainer:
         _, train_acc = self.loss_and_accuracy(self.data.x_train, self.data.y_train)
         curves = {k: torch.stack(v).T.tolist() for k, v in self.curves.items()}  # [R][evals]
         out = []
-        for r in range(self.size):
+        for r in range(self.count):
             out.append(ReplicaResult(
                 iterations=list(self.eval_iterations),
                 curves={k: curves[k][r] for k in CURVES},
@@ -277,47 +249,52 @@ class StackedTrainer:
 
     # --- checkpoints --------------------------------------------------------------------------------
     def state(self) -> tuple[dict[str, torch.Tensor], dict]:
-        """Everything needed to continue bit for bit: tensors (for safetensors) and JSON metadata."""
-        tensors = {f"param.{n}": p.detach() for n, p in self.params.items()}
-        opt = self.optimizer.state_dict()
-        for index, slot in opt["state"].items():
-            for key, value in slot.items():
-                tensors[f"opt.{index}.{key}"] = value if torch.is_tensor(value) else torch.tensor(value)
+        """Everything needed to continue bit for bit, for the replicas asked for (not a shadow copy):
+        tensors (for safetensors, replica dimension first, or second for curves) and JSON metadata."""
+        real = slice(0, self.count)
+        tensors = {f"param.{n}": p.detach()[real] for n, p in self.params.items()}
+        buffers, steps_taken = self.optimizer.state()
+        names = list(self.params)
+        for key, values in buffers.items():
+            tensors.update({f"opt.{key}.{n}": v.detach()[real] for n, v in zip(names, values)})
         if self.eval_iterations:
             for key, values in self.curves.items():
-                tensors[f"curve.{key}"] = torch.stack(values)
-        tensors["best.val_loss"] = self.best_val_loss
-        tensors["best.iteration"] = self.best_iteration
-        tensors["best.test_accuracy"] = self.best_test_accuracy
-        tensors.update({f"path.{n}": p for n, p in self.path.items()})
-        tensors["rng"] = torch.get_rng_state()
-        meta = {"iteration": self.iteration, "eval_iterations": self.eval_iterations, "lr": self._lr}
+                tensors[f"curve.{key}"] = torch.stack(values)[:, real]
+        tensors["best.val_loss"] = self.best_val_loss[real]
+        tensors["best.iteration"] = self.best_iteration[real]
+        tensors["best.test_accuracy"] = self.best_test_accuracy[real]
+        tensors.update({f"path.{n}": p[real] for n, p in self.path.items()})
+        meta = {"iteration": self.iteration, "eval_iterations": self.eval_iterations, "lr": self._lr,
+                "replicas": self.count, "optimizer_steps": steps_taken}
         return tensors, meta
 
-    def load_state(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    def load_state(self, tensors: dict[str, torch.Tensor], meta: dict, rows: list[int] | None = None) -> None:
+        """Continue from `state()`; `rows` picks this trainer's replicas among the checkpoint's (default:
+        the first ones, in order). A replica's state is its own, so any subset continues exactly."""
+        rows = list(range(self.count)) if rows is None else list(rows)
+        if len(rows) != self.count:
+            raise ValueError(f"{len(rows)} checkpoint rows for {self.count} replicas")
+        index = torch.tensor(rows + rows[:1] * (self.size - self.count))  # a shadow copy repeats its replica
+        device = self.best_val_loss.device
+
+        def pick(t: torch.Tensor, dim: int = 0) -> torch.Tensor:
+            return t.to(device).index_select(dim, index.to(device))
+
         with torch.no_grad():
             for n, p in self.params.items():
-                p.copy_(tensors[f"param.{n}"])
+                p.copy_(pick(tensors[f"param.{n}"]))
             for n, p in self.path.items():
-                p.copy_(tensors[f"path.{n}"])
+                p.copy_(pick(tensors[f"path.{n}"]))
             for previous, p in zip(self._previous, self._path_params):
                 previous.copy_(p)
-        opt = self.optimizer.state_dict()
-        state: dict[int, dict[str, torch.Tensor]] = {}
-        for key, value in tensors.items():
-            if key.startswith("opt."):
-                _, index, name = key.split(".", 2)
-                state.setdefault(int(index), {})[name] = value
-        opt["state"] = state
-        self.optimizer.load_state_dict(opt)
+        buffers, _ = self.optimizer.state()
+        self.optimizer.load_state({key: [pick(tensors[f"opt.{key}.{n}"]) for n in self.params] for key in buffers},
+                                  int(meta["optimizer_steps"]))
         self.eval_iterations = list(meta["eval_iterations"])
         if self.eval_iterations:
-            self.curves = {k: list(tensors[f"curve.{k}"].unbind(0)) for k in CURVES}
-        self.best_val_loss = tensors["best.val_loss"].clone()
-        self.best_iteration = tensors["best.iteration"].clone()
-        self.best_test_accuracy = tensors["best.test_accuracy"].clone()
-        torch.set_rng_state(tensors["rng"])
+            self.curves = {k: list(pick(tensors[f"curve.{k}"], 1).unbind(0)) for k in CURVES}
+        self.best_val_loss = pick(tensors["best.val_loss"])
+        self.best_iteration = pick(tensors["best.iteration"])
+        self.best_test_accuracy = pick(tensors["best.test_accuracy"])
         self.iteration = int(meta["iteration"])
-        self._lr = float(meta["lr"])
-        for group in self.optimizer.param_groups:
-            group["lr"] = self._lr
+        self._lr = self.optimizer.lr = float(meta["lr"])
