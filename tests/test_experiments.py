@@ -49,12 +49,25 @@ def test_attacks_at_zero_are_clean_and_fgsm_lowers_accuracy(small_run, shared_da
     assert torch.all(pgd <= fgsm + 0.02)  # the iterated attack is at least about as strong
 
 
+def test_a_network_s_robust_accuracy_does_not_depend_on_the_networks_attacked_beside_it(small_run, shared_data):
+    model, data, params = _trained(small_run, shared_data)
+    forward = stacked_forward_for(model).each
+    replicas = next(iter(params.values())).shape[0]
+    seeds = [100 + r for r in range(replicas)]
+    together = robust_accuracy(forward, params, data, "pgd", 0.1, examples=300, steps=3, seeds=seeds)
+    last = replicas - 1
+    alone = robust_accuracy(forward, {n: p[last:] for n, p in params.items()}, data, "pgd", 0.1, examples=300,
+                            steps=3, seeds=seeds[last:])
+    assert torch.equal(alone, together[last:])
+
+
 def test_adversarial_examples_stay_in_the_ball_and_the_pixel_range(small_run, shared_data):
     model, data, params = _trained(small_run, shared_data)
     x, y = data.x_test[:200], data.y_test[:200]
     eps, lower, upper = input_units(data, 0.2, x)
+    replicas = next(iter(params.values())).shape[0]
     adv = adversarial_examples(stacked_forward_for(model).each, params, x, y, "pgd", eps, lower, upper,
-                               generator=torch.Generator().manual_seed(0))
+                               generators=[torch.Generator().manual_seed(r) for r in range(replicas)])
     mean, std = data.pixels
     pixels, clean_pixels = adv * std + mean, x * std + mean
     assert (pixels - clean_pixels).abs().max() <= 0.2 + 1e-5

@@ -21,12 +21,12 @@ from .errors import UserError
 from .figures import errorbar_series, percent_axis, plt, save_figure, spread
 from .finished import FinishedRun, ModelFn, model_and_data, open_run
 from .order import derive_seed
-from .store import atomic_write_text, save_csv
-from .forwards import StackedForward, stacked_forward_for
+from .store import atomic_write_text, save_csv, writes_into_run
+from .forwards import StackedForward, at_least_two, stacked_forward_for
 
 METHODS = ("fgsm", "pgd")
 ATTACK_COLUMNS = ["arm", "trial", "level", "percent_remaining", "method", "eps", "accuracy", "examples"]
-ELEMENTS_PER_CHUNK = 2 ** 24  # replicas × examples × input size per chunk: bounds memory
+EXAMPLE_ELEMENTS_PER_CHUNK = 2 ** 20  # examples × input size per chunk (times the replicas: bounds memory)
 
 
 def input_units(data: Dataset, eps: float, x: torch.Tensor) -> tuple[float, float, float]:
@@ -39,11 +39,12 @@ def input_units(data: Dataset, eps: float, x: torch.Tensor) -> tuple[float, floa
 
 def adversarial_examples(forward: StackedForward, params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor,
                          method: str, eps: float, lower: float, upper: float, steps: int = 10,
-                         step_size: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+                         step_size: float | None = None, generators: list[torch.Generator] | None = None) -> torch.Tensor:
     """Per replica, an ℓ∞ attack on shared clean inputs x [N, ...]: returns [R, N, ...].
 
-    FGSM: one signed-gradient step of size ε. PGD: uniform random start in the ε-ball, `steps` signed
-    steps of `step_size` (default ε/4), each projected back onto the ball and the valid input range.
+    FGSM: one signed-gradient step of size ε. PGD: uniform random start in the ε-ball, drawn from each
+    replica's own generator (`generators`), then `steps` signed steps of `step_size` (default ε/4), each
+    projected back onto the ball and the valid input range.
     """
     replicas = next(iter(params.values())).shape[0]
     clean = x.unsqueeze(0).expand(replicas, *x.shape)
@@ -51,7 +52,9 @@ def adversarial_examples(forward: StackedForward, params: dict[str, torch.Tensor
     if method == "fgsm":
         adv, count, size = clean.clone(), 1, eps
     elif method == "pgd":
-        noise = torch.rand(clean.shape, generator=generator, device="cpu").to(x.device) * 2 - 1
+        if generators is None or len(generators) != replicas:
+            raise ValueError("PGD needs one generator per replica")
+        noise = torch.stack([torch.rand(x.shape, generator=g) for g in generators]).to(x.device) * 2 - 1
         adv, count, size = (clean + eps * noise).clamp(lower, upper), steps, eps / 4 if step_size is None else step_size
     else:
         raise UserError(f"unknown attack {method!r}; known: {', '.join(METHODS)}")
@@ -66,23 +69,28 @@ def adversarial_examples(forward: StackedForward, params: dict[str, torch.Tensor
 
 
 def robust_accuracy(forward: StackedForward, params: dict[str, torch.Tensor], data: Dataset, method: str, eps: float,
-                    examples: int | None = None, steps: int = 10, seed: int = 0) -> torch.Tensor:
-    """Accuracy per replica on the (first `examples`) test examples under the attack; ε = 0 is clean accuracy."""
+                    examples: int | None = None, steps: int = 10, seeds: list[int] | None = None) -> torch.Tensor:
+    """Accuracy per replica on the (first `examples`) test examples under the attack; ε = 0 is clean accuracy.
+    Replica r's random start comes from its own seed, in chunks of a fixed number of examples: its result
+    does not depend on which networks are attacked beside it."""
     x, y = data.x_test[:examples], data.y_test[:examples]
     eps_n, lower, upper = input_units(data, eps, x)
-    params = {n: p.detach() for n, p in params.items()}
+    params, count = at_least_two({n: p.detach() for n, p in params.items()})
     replicas = next(iter(params.values())).shape[0]
-    chunk = max(1, ELEMENTS_PER_CHUNK // (replicas * x[0].numel()))
-    generator = torch.Generator().manual_seed(seed)
+    seeds = list(seeds) if seeds is not None else list(range(count))
+    seeds += seeds[:1] * (replicas - count)
+    generators = [torch.Generator().manual_seed(s) for s in seeds]
+    chunk = max(1, EXAMPLE_ELEMENTS_PER_CHUNK // x[0].numel())
     correct = torch.zeros(replicas, device=x.device)
     for start in range(0, len(x), chunk):
         xb, yb = x[start:start + chunk], y[start:start + chunk]
-        adv = adversarial_examples(forward, params, xb, yb, method, eps_n, lower, upper, steps, generator=generator)
+        adv = adversarial_examples(forward, params, xb, yb, method, eps_n, lower, upper, steps, generators=generators)
         with torch.no_grad():
             correct += (forward(params, adv).argmax(-1) == yb).sum(1)
-    return correct / len(x)
+    return (correct / len(x))[:count]
 
 
+@writes_into_run("lottery attack")
 def attack_run(run_dir: Path | str, methods: list[str], epsilons: list[float], *, levels: list[int] | None = None,
                examples: int | None = None, steps: int = 10, data_dir: Path | str | None = None,
                model_fn: ModelFn | None = None, data: Dataset | None = None, device: str = "cpu") -> Path:
@@ -111,8 +119,8 @@ def attack_run(run_dir: Path | str, methods: list[str], epsilons: list[float], *
         params = {n: torch.stack([f[n] for f in finals]) for n in finals[0]}
         for method in methods:
             for eps in epsilons:
-                acc = robust_accuracy(forward, params, data, method, eps, examples, steps,
-                                      seed=derive_seed(run.config.seed, "attack", method, level))
+                seeds = [derive_seed(run.config.seed, "attack", method, eps, level, arm, t) for arm, t in jobs]
+                acc = robust_accuracy(forward, params, data, method, eps, examples, steps, seeds)
                 for (arm, trial), a in zip(jobs, acc.tolist()):
                     rows.append({"arm": arm, "trial": trial, "level": level, "percent_remaining": run.percent(level),
                                  "method": method, "eps": eps, "accuracy": a,

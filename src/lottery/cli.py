@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -37,7 +38,7 @@ def _parser() -> argparse.ArgumentParser:
                       help="override any config field, e.g. --set train.lr=1e-3 (repeatable)")
     find.add_argument("--data-dir", type=Path, help="datasets folder (else $LOTTERY_DATA, else ~/.cache/lottery)")
     find.add_argument("--out", type=Path, default=Path("runs"), help="parent folder of run directories (default runs/)")
-    find.add_argument("--device", default="cpu", help="cpu or cuda")
+    find.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     find.add_argument("--max-replicas", type=int, help="replicas trained together in one pass (default: chosen "
                       "from model size, free memory and device)")
     find.add_argument("--checkpoint-seconds", type=float, default=60.0, help="checkpoint a training pass this often")
@@ -97,7 +98,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", type=Path, help="datasets folder (else $LOTTERY_DATA, else ~/.cache/lottery)")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -114,13 +115,9 @@ def _numbers(text: str | None, kind: type, flag: str) -> list | None:
 
 
 def _device(name: str) -> str:
-    import torch
+    from .devices import check_device
 
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError("--device cuda asked for, but no CUDA device is available")
-    if name != "cpu" and not name.startswith("cuda"):
-        raise UserError(f"unknown device {name!r}; use cpu or cuda")
-    return name
+    return check_device(name)
 
 
 def build_config(args: argparse.Namespace) -> RunConfig:
@@ -148,17 +145,17 @@ def _find(args: argparse.Namespace) -> None:
     _device(args.device)
     if args.max_replicas is not None and args.max_replicas < 1:
         raise UserError(f"--max-replicas must be at least 1, got {args.max_replicas}")
-    if args.checkpoint_seconds < 0:
-        raise UserError(f"--checkpoint-seconds must be 0 or more, got {args.checkpoint_seconds}")
+    if not (math.isfinite(args.checkpoint_seconds) and args.checkpoint_seconds >= 0):
+        raise UserError(f"--checkpoint-seconds must be a finite number, 0 or more, got {args.checkpoint_seconds}")
     run_dir = args.out / config.run_name()
-    print(f"run: {run_dir}", flush=True)
     options = RunOptions(device=args.device, progress=not args.no_progress,
                          checkpoint_seconds=args.checkpoint_seconds, max_replicas=args.max_replicas)
+    print(f"run: {run_dir}", flush=True)
     find_tickets(config, run_dir, data_dir=args.data_dir, options=options)
     print(summary_table(run_dir))
-    note = late_stop_note(run_dir, config.train.iterations)
-    if note:
-        print(note)
+    for note in (late_stop_note(run_dir, config.train.iterations), diverged_note(run_dir)):
+        if note:
+            print(note)
     if args.report:
         from .report import write_report
 
@@ -194,6 +191,20 @@ def late_stop_note(run_dir: Path, iterations: int, share: float = 0.1) -> str | 
             f"{iterations:,} iterations, so they may still be learning; consider more --iterations")
 
 
+def diverged_note(run_dir: Path) -> str | None:
+    """A warning when training diverged (a non-finite validation loss): such rows are not results."""
+    import math as _math
+
+    from .results import read_results
+
+    rows = read_results(run_dir)
+    bad = [r for r in rows if not _math.isfinite(r["early_stop_val_loss"])]
+    if not bad:
+        return None
+    return (f"warning: {len(bad)} of {len(rows)} networks diverged (non-finite validation loss, e.g. "
+            f"{bad[0]['arm']} trial {bad[0]['trial']} level {bad[0]['level']}); lower train.lr")
+
+
 def _report(args: argparse.Namespace) -> None:
     from .report import write_report
 
@@ -202,15 +213,16 @@ def _report(args: argparse.Namespace) -> None:
 
 def _claims(args: argparse.Namespace) -> None:
     from .claims import check_claims, claims_markdown, protocol_caveats
-    from .config import from_toml
     from .results import read_results
-    from .store import RunStore
+    from .runinfo import read_config
+    from .store import RunStore, hold_run
 
     store = RunStore(args.run_dir)
     if not store.results_path.exists():
         raise UserError(f"{store.root} has no results.csv: not a finished `lottery find` run directory")
-    rows = read_results(store.root)
-    config = from_toml(store.config_path.read_text())
+    with hold_run(store.root, exclusive=False):
+        config = read_config(store)
+        rows = read_results(store.root)
     trials = len({r["trial"] for r in rows})
     print(claims_markdown(check_claims(rows, config), protocol_caveats(config, trials)))
 
@@ -297,6 +309,10 @@ def main(argv: list[str] | None = None) -> int:
          "attack": _attack, "noise": _noise, "transfer": _transfer, "presets": _presets}[args.command](args)
     except UserError as exc:
         print(f"lottery: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # the last net for I/O failures the library did not name itself
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"lottery: error: {where}{exc.strerror or exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("lottery: interrupted; run the same command again to resume", file=sys.stderr)

@@ -7,17 +7,19 @@ compare.md.
 """
 from __future__ import annotations
 
+import contextlib
 from collections import defaultdict
 from itertools import combinations
 from pathlib import Path
 
 import torch
 
-from .config import RunConfig, from_toml
+from .config import RunConfig
 from .errors import UserError
 from .figures import errorbar_series, percent_axis, plt, save_figure, spread
 from .results import read_results
-from .store import RunStore, atomic_write_text, load_tensors, save_csv
+from .runinfo import read_config
+from .store import RunStore, atomic_write_text, hold_run, load_tensors, make_folder, save_csv
 
 COMPARE_COLUMNS = ["run", "arm", "level", "percent_remaining", "trials", "early_stop_iteration_mean",
                    "early_stop_iteration_min", "early_stop_iteration_max", "early_stop_test_accuracy_mean",
@@ -46,7 +48,7 @@ def _open(run_dir: Path) -> tuple[RunConfig, list[dict]]:
     store = RunStore(run_dir)
     if not store.results_path.exists():
         raise UserError(f"{store.root} has no results.csv: not a finished `lottery find` run directory")
-    return from_toml(store.config_path.read_text()), read_results(store.root)
+    return read_config(store), read_results(store.root)
 
 
 def _mask(store: RunStore, trial: int, level: int) -> dict[str, torch.Tensor]:
@@ -83,7 +85,17 @@ def _levels(rows: list[dict]) -> dict[int, dict[int, float]]:
 
 def compare_runs(run_dirs: list[Path | str], out_dir: Path | str, labels: list[str] | None = None,
                  arms: tuple[str, ...] = ("imp",)) -> Path:
-    """Write the comparison of `run_dirs` into `out_dir` (see the module doc) and return it."""
+    """Write the comparison of `run_dirs` into `out_dir` (see the module doc) and return it. The runs are
+    read while no `lottery find` extends them (each held shared)."""
+    with contextlib.ExitStack() as held:
+        for run in run_dirs:
+            if Path(run).is_dir():
+                held.enter_context(hold_run(run, exclusive=False))
+        return _compare(run_dirs, out_dir, labels, arms)
+
+
+def _compare(run_dirs: list[Path | str], out_dir: Path | str, labels: list[str] | None,
+             arms: tuple[str, ...]) -> Path:
     runs = [Path(r) for r in run_dirs]
     if len(runs) < 2:
         raise UserError("compare needs at least two run directories")
@@ -91,7 +103,7 @@ def compare_runs(run_dirs: list[Path | str], out_dir: Path | str, labels: list[s
     if len(labels) != len(runs) or len(set(labels)) != len(labels):
         raise UserError(f"give one distinct label per run ({len(runs)} runs, labels {labels})")
     opened = [_open(r) for r in runs]
-    out = Path(out_dir)
+    out = make_folder(Path(out_dir))
 
     table = []
     for label, (_, rows) in zip(labels, opened):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -154,6 +155,8 @@ def _coerce(key: str, kind: Any, raw: Any) -> Any:
             value = kind(raw) if kind is float or isinstance(raw, int) else int(str(raw).replace("_", ""))
         except (TypeError, ValueError):
             raise UserError(f"{key} must be {kind.__name__}, got {raw!r}") from None
+        if kind is float and not math.isfinite(value):
+            raise UserError(f"{key} must be a finite number, got {raw!r}")
         return value
     if kind is str:
         return str(raw)
@@ -183,6 +186,9 @@ def apply_overrides(config: RunConfig, pairs: list[str]) -> None:
         set_value(config, key.strip(), raw.strip())
 
 
+MAX_LR = 10.0  # above this no optimizer here trains; a larger value is a typo (1e308, inf)
+
+
 def validate(config: RunConfig) -> None:
     """Check ranges that types cannot express; one clear message for the first problem."""
     from .arms import ARMS
@@ -203,15 +209,15 @@ def validate(config: RunConfig) -> None:
         (0 <= config.model.dropout < 1, f"model.dropout must be in [0, 1), got {config.model.dropout}"),
         (all(h >= 1 for h in config.model.hidden), f"model.hidden sizes must be positive, got {config.model.hidden}"),
         (t.optimizer in ("adam", "sgd"), f"unknown optimizer {t.optimizer!r}; known: adam, sgd"),
-        (t.lr > 0, f"train.lr must be positive, got {t.lr}"),
-        (t.weight_decay >= 0, f"train.weight_decay must be 0 or more, got {t.weight_decay}"),
+        (0 < t.lr <= MAX_LR, f"train.lr must be in (0, {MAX_LR:g}], got {t.lr}"),
+        (0 <= t.weight_decay < 1, f"train.weight_decay must be in [0, 1), got {t.weight_decay}"),
         (0 <= t.momentum < 1, f"train.momentum must be in [0, 1), got {t.momentum}"),
         (t.batch_size >= 1, f"train.batch_size must be at least 1, got {t.batch_size}"),
         (t.iterations >= 1, f"iterations must be at least 1, got {t.iterations}"),
         (t.eval_every >= 1, f"train.eval_every must be at least 1, got {t.eval_every}"),
         (t.warmup >= 0, f"train.warmup must be 0 or more, got {t.warmup}"),
         (all(m > 0 for m in t.milestones), f"train.milestones must be positive iterations, got {t.milestones}"),
-        (t.gamma > 0, f"train.gamma must be positive, got {t.gamma}"),
+        (0 < t.gamma <= 1, f"train.gamma must be in (0, 1] (the learning rate is multiplied by it), got {t.gamma}"),
         (t.precision in ("float32", "bf16"), f"train.precision must be float32 or bf16, got {t.precision!r}"),
         (p.criterion in CRITERIA, f"unknown criterion {p.criterion!r}; known: {', '.join(CRITERIA)}"),
         (p.scope in ("layerwise", "global"), f"scope must be layerwise or global, got {p.scope!r}"),
@@ -222,7 +228,9 @@ def validate(config: RunConfig) -> None:
         (all(0 < q < 100 for q in p.one_shot), f"one-shot percents must be in (0, 100), got {p.one_shot}"),
         (0 <= config.data.permute_fraction <= 1,
          f"data.permute_fraction must be in [0, 1], got {config.data.permute_fraction}"),
-        (config.data.val_size >= -1, f"data.val_size must be -1 (default) or 0 or more, got {config.data.val_size}"),
+        (config.data.val_size == -1 or config.data.val_size >= t.batch_size,
+         f"data.val_size must be -1 (the dataset's default) or at least one batch (train.batch_size={t.batch_size}): "
+         f"early stopping needs a validation set, got {config.data.val_size}"),
     ]
     for ok, message in checks:
         if not ok:

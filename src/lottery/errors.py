@@ -3,3 +3,15 @@
 
 class UserError(Exception):
     """Bad input: an unknown name, a value out of range, missing data. The message says what to do."""
+
+
+class BrokenFile(UserError):
+    """A file that is missing, truncated or not what it should be; the message names it and the fix."""
+
+
+class WriteFailed(UserError):
+    """A file could not be written (full disk, no permission, not a folder); nothing finished is lost."""
+
+
+class RunInUse(UserError):
+    """Another process holds the run directory."""

@@ -9,12 +9,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .config import RunConfig, from_toml
+from .config import RunConfig
 from .data import Dataset, load_data
 from .errors import UserError
 from .masks import Mask
 from .models import build_model
 from .results import read_results
+from .runinfo import check_model, read_config
 from .store import RunStore, load_tensors
 
 ModelFn = Callable[[], nn.Module]
@@ -74,12 +75,13 @@ class FinishedRun:
 
 def open_run(run_dir: Path | str) -> FinishedRun:
     store = RunStore(run_dir)
-    if not store.results_path.exists() or not store.config_path.exists():
+    if not store.results_path.exists():
         raise UserError(f"{store.root} has no results.csv: not a finished `lottery find` run directory")
+    config = read_config(store)
     rows = read_results(store.root)
     if not rows:
         raise UserError(f"{store.results_path} has no rows")
-    return FinishedRun(store, from_toml(store.config_path.read_text()), rows)
+    return FinishedRun(store, config, rows)
 
 
 def model_and_data(run: FinishedRun, data_dir: Path | str | None = None, *, model_fn: ModelFn | None = None,
@@ -91,6 +93,7 @@ def model_and_data(run: FinishedRun, data_dir: Path | str | None = None, *, mode
         spec = run.config.model
         model_fn = lambda: build_model(spec, data.input_shape, data.num_classes)  # noqa: E731
     model = model_fn().to(device)
+    check_model(run.store, model)
     masks = run.mask(run.trials[0], run.levels[0])
     shapes = dict(model.named_parameters())
     if any(n not in shapes or shapes[n].shape != m.shape for n, m in masks.items()):

@@ -1,35 +1,39 @@
 """The procedure: trials, levels, arms, rewinding. Iterative magnitude pruning and one-shot pruning.
 
-Every level trains all its (arm, trial) replicas together in one pass. Each pass checkpoints itself,
-so re-running the same command resumes where it stopped and gives the same results.
+Every level trains all its (arm, trial) replicas together, in passes of up to `max_replicas`. Each pass
+checkpoints itself, so re-running the same command resumes where it stopped; a replica's result does
+not depend on which pass trains it, so the resumed run gives the uninterrupted run's results bit for bit.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from . import masks as masks_lib
-from .arms import OWN_MASK, REDRAWN, mask_with_counts, random_mask, same_sign
-from .config import RunConfig, from_toml, to_toml, validate
-from .criteria import needs_path, score_weights
+from .config import RunConfig, validate
+from .criteria import needs_path
 from .data import Dataset, load_data
+from .devices import check_device
 from .errors import UserError
+from .forwards import check_model_output
+from .lineage import LineageCheck
 from .models import build_model, prunable_roles
 from .order import derive_seed
 from .passes import finish_pass, resume, train_with_checkpoints
 from .progress import Progress
-from .sizing import replicas_per_pass
-from .prune import prune_one_shot, prune_round
 from .results import RESULT_COLUMNS, collect_results
-from .store import RunStore, atomic_write_text, load_tensors, save_csv, save_json, save_tensors
+from .runinfo import claim
+from .sizing import replicas_per_pass
+from .store import RunStore, hold_run, remove_empty_folder, save_csv, save_json, save_tensors, tensor_digest
+from .tickets import ModelFn, Tickets, initial_weights
 from .train import CURVES, ReplicaResult, ReplicaSpec, StackedTrainer
 
-ModelFn = Callable[[], nn.Module]
 EVAL_BATCH = 10_000
+
+__all__ = ["EVAL_BATCH", "Job", "RunOptions", "find_tickets", "initial_weights"]
 
 
 @dataclass
@@ -40,6 +44,14 @@ class RunOptions:
     progress: bool = True
     checkpoint_seconds: float = 60.0  # at most this long of training is lost on a kill
     max_replicas: int | None = None  # replicas per training pass; None: as many as memory and speed favour
+
+    def validate(self) -> None:
+        check_device(self.device)
+        if not (isinstance(self.checkpoint_seconds, (int, float)) and math.isfinite(self.checkpoint_seconds)
+                and self.checkpoint_seconds >= 0):
+            raise UserError(f"checkpoint seconds must be a finite number, 0 or more, got {self.checkpoint_seconds}")
+        if self.max_replicas is not None and self.max_replicas < 1:
+            raise UserError(f"max replicas must be at least 1, got {self.max_replicas}")
 
 
 @dataclass(frozen=True)
@@ -55,14 +67,6 @@ class Job:
         return f"{self.arm}/{self.trial}/{self.level}"
 
 
-def initial_weights(model_fn: ModelFn, seed: int, trial: int) -> dict[str, torch.Tensor]:
-    """θ0 of a trial: the model's own initializer under a seed derived from (seed, trial); no global side effect."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(derive_seed(seed, "init", trial))
-        model = model_fn()
-    return {n: p.detach().clone() for n, p in model.named_parameters()}
-
-
 def find_tickets(config: RunConfig, run_dir: Path | str, *, model_fn: ModelFn | None = None,
                  data: Dataset | None = None, data_dir: Path | str | None = None,
                  roles: dict[str, str] | None = None, options: RunOptions | None = None) -> Path:
@@ -71,9 +75,11 @@ def find_tickets(config: RunConfig, run_dir: Path | str, *, model_fn: ModelFn | 
     `model_fn` builds a fresh torch.nn.Module (default: the registry's `config.model`); `data` gives
     in-memory tensors (default: `config.data` loaded from `data_dir`); `roles` maps prunable parameter
     names to "hidden" or "output" (default: Linear/Conv weights, the last one is the output layer).
+    Everything is checked before anything is written; the run directory is locked while this runs.
     """
     options = options or RunOptions()
     validate(config)
+    options.validate()
     if data is None:
         data = load_data(config.data, data_dir)
     if config.train.batch_size > len(data.x_train):
@@ -83,6 +89,7 @@ def find_tickets(config: RunConfig, run_dir: Path | str, *, model_fn: ModelFn | 
         spec = config.model
         model_fn = lambda: build_model(spec, data.input_shape, data.num_classes)  # noqa: E731
     model = model_fn().to(options.device)
+    check_model_output(model, data.x_train[:2], data.num_classes)
     roles = dict(roles) if roles is not None else prunable_roles(model)
     params = dict(model.named_parameters())
     unknown = [n for n in [*roles, *config.prune.ignore] if n not in params]
@@ -90,123 +97,62 @@ def find_tickets(config: RunConfig, run_dir: Path | str, *, model_fn: ModelFn | 
         raise UserError(f"not parameters of the model: {', '.join(unknown)}")
 
     store = RunStore(run_dir)
-    _claim_run_dir(store, config)
-    procedure = _Procedure(config, store, model, model_fn, data, roles, options)
-    procedure.run()
+    with hold_run(store.root, command="lottery find"):
+        claim(store, config, model)
+        _Procedure(config, store, model, model_fn, data, roles, options).run()
     return store.root
 
 
-def _claim_run_dir(store: RunStore, config: RunConfig) -> None:
-    if store.config_path.exists():
-        existing = from_toml(store.config_path.read_text())
-        if existing.run_hash() != config.run_hash():
-            raise UserError(f"{store.root} holds a run with a different config; choose another --out")
-    store.root.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(store.config_path, to_toml(config))
-
-
 class _Procedure:
+    """Levels in order; each level's (arm, trial) replicas trained in passes; results saved per replica."""
+
     def __init__(self, config: RunConfig, store: RunStore, model: nn.Module, model_fn: ModelFn, data: Dataset,
                  roles: dict[str, str], options: RunOptions) -> None:
-        self.config, self.store, self.model, self.model_fn = config, store, model, model_fn
-        self.data, self.roles, self.options = data, roles, options
+        self.config, self.store, self.model = config, store, model
+        self.data, self.options = data, options
         self.trials = list(range(config.trials))
         self.levels = config.levels()
-        self.device = options.device
         self.track_path = needs_path(config.prune.criterion)
+        self.tickets = Tickets(config, store, model_fn, roles, options.device, self.track_path)
+        self.lineage = LineageCheck(store, list(config.arms), bool(config.prune.one_shot))
         self.progress = Progress(enabled=options.progress, levels=len(self.levels))
-        self.replicas_per_pass = replicas_per_pass(model, self.device, EVAL_BATCH, config.train.batch_size,
+        self.replicas_per_pass = replicas_per_pass(model, options.device, EVAL_BATCH, config.train.batch_size,
                                                    options.max_replicas)
         self.progress.note(f"training up to {self.replicas_per_pass} replicas per pass "
                            f"({'as asked' if options.max_replicas else 'chosen from model size, memory and device'})")
 
-    # --- per-trial tensors, each computed once and saved -------------------------------------------
-    def init(self, trial: int) -> dict[str, torch.Tensor]:
-        path = self.store.init_path(trial)
-        if not path.exists():
-            save_tensors(path, initial_weights(self.model_fn, self.config.seed, trial))
-        return load_tensors(path, self.device)
-
-    def rewind(self, trial: int) -> dict[str, torch.Tensor]:
-        if self.config.prune.rewind_iteration == 0:
-            return self.init(trial)
-        return load_tensors(self.store.rewind_path(trial), self.device)
-
-    def mask(self, trial: int, level: int) -> masks_lib.Mask:
-        path = self.store.mask_path(trial, level)
-        if not path.exists():
-            save_tensors(path, self._compute_mask(trial, level))
-        return {n: t.bool() for n, t in load_tensors(path, self.device).items()}
-
-    def _compute_mask(self, trial: int, level: int) -> masks_lib.Mask:
-        p = self.config.prune
-        if level == 0:
-            return masks_lib.dense_mask(self.init(trial), list(self.roles))
-        source = 0 if p.one_shot else level - 1  # one-shot prunes every level from the dense network
-        previous = self.mask(trial, source)
-        scores = self.scores(trial, source, list(self.roles), seed_level=level)
-        if p.one_shot:
-            return prune_one_shot(scores, previous, self.roles, p.rate_hidden, p.rate_output, p.one_shot[level - 1],
-                                  p.scope, p.ignore)
-        return prune_round(scores, previous, self.roles, p.rate_hidden, p.rate_output, p.scope, p.ignore)
-
-    def scores(self, trial: int, trained_level: int, names: list[str], seed_level: int) -> dict[str, torch.Tensor]:
-        """The criterion's scores from the ticket trained at `trained_level` (its θT and, if needed, its path)."""
-        folder = self.store.arm_dir(trial, trained_level, "imp")
-        trained = load_tensors(folder / "final.safetensors", self.device)
-        path = load_tensors(folder / "path.safetensors", self.device) if self.track_path else None
-        seed = derive_seed(self.config.seed, "criterion", trial, seed_level)
-        return score_weights(self.config.prune.criterion, self.init(trial), self.rewind(trial), trained, names,
-                             path, seed)
-
-    # --- arms: every control is built from the ticket's own mask at the same level ------------------
-    def arm_mask(self, trial: int, level: int, arm: str) -> masks_lib.Mask:
-        if arm not in OWN_MASK or level == 0:
-            return self.mask(trial, level)
-        path = self.store.arm_dir(trial, level, arm) / "mask.safetensors"
-        if not path.exists():
-            reference = self.mask(trial, level)
-            if arm == "random":
-                mask = random_mask(reference, derive_seed(self.config.seed, "random-mask", trial, level))
-            elif arm == "init-magnitude":
-                init = self.init(trial)
-                mask = mask_with_counts({n: init[n].abs() for n in reference}, reference)
-            else:  # one-shot: the criterion on the dense network's training, straight to these counts
-                mask = mask_with_counts(self.scores(trial, 0, list(reference), seed_level=level), reference)
-            save_tensors(path, mask)
-        return {n: t.bool() for n, t in load_tensors(path, self.device).items()}
-
-    def arm_start(self, trial: int, level: int, arm: str) -> dict[str, torch.Tensor]:
-        start = self.init(trial) if level == 0 else self.rewind(trial)
-        if arm not in REDRAWN or level == 0:
-            return start
-        path = self.store.arm_dir(trial, level, arm) / "start.safetensors"
-        if not path.exists():
-            fresh = initial_weights(self.model_fn, derive_seed(self.config.seed, "reinit", arm, level), trial)
-            save_tensors(path, fresh if arm == "reinit" else same_sign(fresh, start))
-        return load_tensors(path, self.device)
-
     def arms_at(self, level: int) -> list[str]:
         return ["imp"] if level == 0 else list(self.config.arms)  # controls of the dense net are the dense net
 
-    # --- the procedure ------------------------------------------------------------------------------
     def run(self) -> None:
+        for level in self.levels:  # a contradiction anywhere is refused before any training
+            self._check_lineage(level)
         self._train_levels([0])
         rest = self.levels[1:]
         if self.config.prune.one_shot:
+            for level in rest:
+                self._check_lineage(level)
             self._train_levels(rest)  # independent of each other: one pass
         else:
             for level in rest:
+                self._check_lineage(level)  # the level before may have been trained again just now
                 self._train_levels([level])
         self.progress.close()
         rows = collect_results(self.store, self.trials, self.levels, tuple(self.config.arms))
         save_csv(self.store.results_path, rows, RESULT_COLUMNS)
+        remove_empty_folder(self.store.root / "checkpoints")
+
+    def _check_lineage(self, level: int) -> None:
+        for trial in self.trials:
+            self.lineage.check_level(trial, level, self.levels[-1])
 
     def _train_levels(self, levels: list[int]) -> None:
-        jobs = [Job(arm, t, level) for level in levels for arm in self.arms_at(level) for t in self.trials
-                if not self.store.is_done(t, level, arm)]
-        self.progress.levels_done(levels, skipped=not jobs)
-        if not jobs:
+        """Passes are cut from all the level's jobs, done or not, so a pass keeps its name and checkpoint
+        when some of its replicas finished before a kill; only the unfinished ones train."""
+        jobs = [Job(arm, t, level) for level in levels for arm in self.arms_at(level) for t in self.trials]
+        todo = [j for j in jobs if not self.store.is_done(j.trial, j.level, j.arm)]
+        self.progress.levels_done(levels, skipped=not todo)
+        if not todo:
             return
         name = "level_" + "_".join(f"{level:02d}" for level in levels)
         size = self.replicas_per_pass
@@ -214,20 +160,23 @@ class _Procedure:
         if len(chunks) > 1:
             self.progress.note(f"{name}: {len(jobs)} replicas in {len(chunks)} passes of up to {size}")
         for index, chunk in enumerate(chunks):
-            self._train_chunk(name if len(chunks) == 1 else f"{name}_part{index}", chunk, levels)
+            remaining = [j for j in chunk if j in todo]
+            if remaining:
+                self._train_chunk(name if len(chunks) == 1 else f"{name}_part{index}", remaining, levels)
 
     def _train_chunk(self, name: str, jobs: list[Job], levels: list[int]) -> None:
         k = self.config.prune.rewind_iteration
         start_iteration = 0 if levels == [0] else k
-        specs = []
+        tickets = self.tickets
         stream_trials = sorted({j.trial for j in jobs})
-        for job in jobs:  # the arms of a trial share the trial's data order
-            specs.append(ReplicaSpec(stream_trials.index(job.trial), self.arm_start(job.trial, job.level, job.arm),
-                                     self.arm_mask(job.trial, job.level, job.arm),
-                                     derive_seed(self.config.seed, "replica", job.arm, job.trial, job.level)))
+        specs = [ReplicaSpec(stream_trials.index(job.trial),  # the arms of a trial share the trial's data order
+                             tickets.arm_start(job.trial, job.level, job.arm),
+                             tickets.arm_mask(job.trial, job.level, job.arm),
+                             derive_seed(self.config.seed, "replica", job.arm, job.trial, job.level))
+                 for job in jobs]
         results = self._train_pass(name, jobs, specs, stream_trials, start_iteration, snapshot_at=k if levels == [0] else 0)
-        for job, result in zip(jobs, results):
-            self._save_result(job, result)
+        for job, spec, result in zip(jobs, specs, results):
+            self._save_result(job, spec, result)
         finish_pass(self.store.checkpoint_paths(name)[0])
 
     def _train_pass(self, name: str, jobs: list[Job], specs: list[ReplicaSpec], stream_trials: list[int],
@@ -237,7 +186,7 @@ class _Procedure:
         trainer = StackedTrainer(self.model, specs, self.data, cfg, seeds, start_iteration, EVAL_BATCH,
                                  track_path=self.track_path)
         keys, checkpoint = [j.key for j in jobs], self.store.checkpoint_paths(name)[0]
-        resume(trainer, keys, checkpoint)
+        resume(trainer, keys, checkpoint, warn=self.progress.warn)
         bar = self.progress.iterations(name, cfg.iterations - start_iteration, trainer.iteration - start_iteration)
 
         def save_rewind_points(tr: StackedTrainer) -> None:
@@ -250,18 +199,18 @@ class _Procedure:
         self.progress.end_iterations()
         return trainer.results()
 
-    def _save_result(self, job: Job, result: ReplicaResult) -> None:
+    def _save_result(self, job: Job, spec: ReplicaSpec, result: ReplicaResult) -> None:
         folder = self.store.arm_dir(job.trial, job.level, job.arm)
         if result.path is not None and job.arm == "imp":  # the trunk's path feeds the next mask
             save_tensors(folder / "path.safetensors", result.path)
         save_tensors(folder / "final.safetensors", result.final)
+        self.lineage.forget(folder / "final.safetensors")
         rows = [{"iteration": it, **{k: result.curves[k][i] for k in CURVES}} for i, it in enumerate(result.iterations)]
         save_csv(folder / "curves.csv", rows, ["iteration", *CURVES])
-        kept, total = masks_lib.count(self.arm_mask(job.trial, job.level, job.arm))
+        kept, total = masks_lib.count(spec.mask)
         save_json(folder / "metrics.json", {
             "arm": job.arm, "trial": job.trial, "level": job.level,
             "percent_remaining": 100.0 * kept / total, "weights_remaining": kept, "prunable_weights": total,
+            "mask_digest": tensor_digest(spec.mask),
             **result.metrics(),
         })
-
-

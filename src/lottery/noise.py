@@ -25,8 +25,8 @@ from .order import derive_seed
 from .passes import NamedReplica, train_replicas
 from .report import CURVE_TARGETS
 from .sizing import replicas_per_pass
-from .store import atomic_write_text, load_json, save_csv
-from .forwards import stacked_forward_for
+from .store import atomic_write_text, load_json, save_csv, writes_into_run
+from .forwards import at_least_two, stacked_forward_for
 
 TRAINING_COLUMNS = ["arm", "sigma", "trial", "level", "percent_remaining", "early_stop_iteration",
                     "early_stop_test_accuracy", "final_test_accuracy"]
@@ -48,6 +48,7 @@ def noisy(weights: dict[str, torch.Tensor], mask: dict[str, torch.Tensor], sigma
     return out
 
 
+@writes_into_run("lottery noise")
 def noise_run(run_dir: Path | str, sigmas: list[float], *, levels: list[int] | None = None, draws: int = 5,
               data_dir: Path | str | None = None, model_fn: ModelFn | None = None, data: Dataset | None = None,
               device: str = "cpu", progress: bool = True, checkpoint_seconds: float = 60.0) -> Path:
@@ -74,8 +75,10 @@ def noise_run(run_dir: Path | str, sigmas: list[float], *, levels: list[int] | N
                     start, mask = run.start(trial, device), run.mask(trial, level, "imp", device)
                     generator = torch.Generator().manual_seed(derive_seed(config.seed, "noise", k, trial, level))
                     return noisy(start, mask, layer_sigmas(run.init(trial), names), k, generator), mask
+                key = f"noisy-init/{trial}/{level}/{k:g}"
                 replicas.append(NamedReplica(out / f"trial_{trial}" / f"level_{level:02d}" / f"sigma_{k:g}",
                                              derive_seed(config.seed, "order", trial), build,
+                                             derive_seed(config.seed, "replica", key), key,
                                              {"arm": "noisy-init", "sigma": k, "trial": trial, "level": level}))
     per_pass = replicas_per_pass(model, device, EVAL_BATCH, config.train.batch_size)
     train_replicas(replicas, model, data, config.train, out / "checkpoints", max_per_pass=per_pass,
@@ -100,8 +103,8 @@ def noise_run(run_dir: Path | str, sigmas: list[float], *, levels: list[int] | N
                 for _ in range(draws if k else 1):
                     for n, t in noisy(final, mask, layer_sigmas(run.init(trial), names), k, generator).items():
                         stacked[n].append(t)
-            params = {n: torch.stack(v) for n, v in stacked.items()}
-            acc = _accuracy(forward, params, data).view(len(jobs), -1).mean(1)
+            params, count = at_least_two({n: torch.stack(v) for n, v in stacked.items()})
+            acc = _accuracy(forward, params, data)[:count].view(len(jobs), -1).mean(1)
             for (arm, trial), a in zip(jobs, acc.tolist()):
                 inference.append({"arm": arm, "sigma": k, "trial": trial, "level": level,
                                   "percent_remaining": run.percent(level), "accuracy": a, "draws": draws if k else 1})

@@ -6,31 +6,49 @@ points at most every `checkpoint_seconds`; it is used again only if it belongs t
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from torch import nn
 
 from .config import TrainConfig
 from .data import Dataset
 from .masks import count
 from .progress import Progress
-from .store import load_tensors, save_json, save_tensors
+from .errors import UserError
+from .store import load_metadata, load_tensors, remove_empty_folder, save_json, save_tensors
 from .train import ReplicaSpec, StackedTrainer
 
 
-def resume(trainer: StackedTrainer, keys: list[str], checkpoint: Path) -> None:
-    """Continue from `checkpoint` if it exists and holds these replicas (`keys`); else start fresh."""
-    if checkpoint.exists():
-        with safe_open(str(checkpoint), "pt") as handle:
-            meta = json.loads(handle.metadata()["meta"])
-        if meta.get("keys") == keys:
-            device = next(iter(trainer.params.values())).device
-            trainer.load_state(load_tensors(checkpoint, device), meta)
+def resume(trainer: StackedTrainer, keys: list[str], checkpoint: Path,
+           warn: Callable[[str], None] | None = None) -> int | None:
+    """Continue from `checkpoint` if it holds these replicas (`keys`), or more of them (replicas of the
+    pass that finished before a kill: their rows are left out); else start fresh. A checkpoint is a
+    cache: one that cannot be read is reported, removed, and the pass trains from its start.
+    Returns the iteration resumed at, or None."""
+    if not checkpoint.exists():
+        return None
+    try:
+        meta = json.loads(load_metadata(checkpoint)["meta"])
+        saved = list(meta["keys"])
+        if not set(keys) <= set(saved):
+            return None  # another set of replicas: this pass overwrites it
+        device = next(iter(trainer.params.values())).device
+        trainer.load_state(load_tensors(checkpoint, device), meta, rows=[saved.index(k) for k in keys])
+    except (UserError, KeyError, ValueError, TypeError, RuntimeError, IndexError) as exc:
+        (warn or _warn)(f"checkpoint {checkpoint} is unreadable ({str(exc).splitlines()[0][:120]}); "
+                        f"removed it, the pass trains again from its start")
+        checkpoint.unlink(missing_ok=True)
+        return None
+    return trainer.iteration
+
+
+def _warn(text: str) -> None:
+    print(f"lottery: warning: {text}", file=sys.stderr, flush=True)
 
 
 def train_with_checkpoints(trainer: StackedTrainer, keys: list[str], checkpoint: Path, until: int,
@@ -56,7 +74,7 @@ def train_with_checkpoints(trainer: StackedTrainer, keys: list[str], checkpoint:
 
 
 def finish_pass(checkpoint: Path) -> None:
-    """The pass's results are saved: its checkpoint is no longer needed."""
+    """The pass's results are saved: its checkpoint is no longer needed (nor its folder, once empty)."""
     checkpoint.unlink(missing_ok=True)
 
 
@@ -67,6 +85,8 @@ class NamedReplica:
     folder: Path
     order_seed: int  # the data order (replicas with the same seed see the same batches)
     build: Callable[[], tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]]  # -> (start weights, mask)
+    seed: int  # the replica's own random stream (dropout)
+    key: str  # names the replica in checkpoints: the same wherever the run directory lies
     extra: dict = field(default_factory=dict)  # more fields for metrics.json
 
 
@@ -74,22 +94,25 @@ def train_replicas(replicas: list[NamedReplica], model: nn.Module, data: Dataset
                    checkpoint_dir: Path, *, max_per_pass: int, checkpoint_seconds: float = 60.0,
                    progress: bool = True, save_final: bool = False, label: str = "pass",
                    start_iteration: int = 0) -> None:
-    """Train every replica not done yet, `max_per_pass` at a time; each pass resumes after a kill."""
-    todo = [r for r in replicas if not (r.folder / "metrics.json").exists()]
-    for index in range(0, len(todo), max_per_pass):
-        chunk = todo[index:index + max_per_pass]
+    """Train every replica not done yet, in passes of `max_per_pass` cut from all replicas (so a pass keeps
+    its checkpoint when some of its replicas finished before a kill); each pass resumes after a kill."""
+    passes = [replicas[i:i + max_per_pass] for i in range(0, len(replicas), max_per_pass)]
+    for index, chunk in enumerate(passes):
+        chunk = [r for r in chunk if not (r.folder / "metrics.json").exists()]
+        if not chunk:
+            continue
         seeds = list(dict.fromkeys(r.order_seed for r in chunk))
         specs = []
         for r in chunk:
             start, mask = r.build()
-            specs.append(ReplicaSpec(seeds.index(r.order_seed), start, mask))
+            specs.append(ReplicaSpec(seeds.index(r.order_seed), start, mask, r.seed))
         trainer = StackedTrainer(model, specs, data, cfg, seeds, start_iteration)
-        keys = [str(r.folder) for r in chunk]
-        checkpoint = checkpoint_dir / f"{label}_{index // max_per_pass}.safetensors"
+        keys = [r.key for r in chunk]
+        checkpoint = checkpoint_dir / f"{label}_{index}.safetensors"
         resume(trainer, keys, checkpoint)
         bars = Progress(progress, levels=0)  # iterations only
-        bar = bars.iterations(f"{label} {index // max_per_pass + 1}/{-(-len(todo) // max_per_pass)}",
-                              cfg.iterations - start_iteration, trainer.iteration - start_iteration)
+        bar = bars.iterations(f"{label} {index + 1}/{len(passes)}", cfg.iterations - start_iteration,
+                              trainer.iteration - start_iteration)
         train_with_checkpoints(trainer, keys, checkpoint, cfg.iterations, checkpoint_seconds, bar)
         bars.end_iterations()
         for r, spec, result in zip(chunk, specs, trainer.results()):
@@ -100,3 +123,4 @@ def train_replicas(replicas: list[NamedReplica], model: nn.Module, data: Dataset
                                                   "weights_remaining": kept, "prunable_weights": total,
                                                   **result.metrics()})
         finish_pass(checkpoint)
+    remove_empty_folder(checkpoint_dir)

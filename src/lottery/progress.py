@@ -39,6 +39,13 @@ class Progress:
             self._levels.update(self._pending)
             self._pending = 0
 
+    def warn(self, text: str) -> None:
+        """Always shown, progress bars or not."""
+        if self.enabled:
+            tqdm.write(f"lottery: warning: {text}", file=sys.stderr)
+        else:
+            print(f"lottery: warning: {text}", file=sys.stderr, flush=True)
+
     def note(self, text: str) -> None:
         if self.enabled:
             tqdm.write(text, file=sys.stderr)

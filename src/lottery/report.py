@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 
 from .claims import check_claims, claims_markdown, protocol_caveats
-from .config import from_toml
 from .errors import UserError
 from .figures import percent_axis, plt, save_figure, spread
 from .results import read_results
-from .store import RunStore, atomic_write_text, load_csv
+from .runinfo import read_config
+from .store import RunStore, atomic_write_text, load_csv, writes_into_run
 
 CURVE_TARGETS = (100.0, 51.3, 21.1, 7.0, 3.6, 1.9)  # the paper's Fig. 3 levels
 
@@ -50,7 +50,7 @@ def _mean_curve(store: RunStore, arm: str, level: int, trials: list[int]) -> tup
     run did not keep full test curves."""
     series, used = [], "test_accuracy"
     for trial in trials:
-        curve = load_csv(store.arm_dir(trial, level, arm) / "curves.csv")
+        curve = load_csv(store.arm_dir(trial, level, arm) / "curves.csv", ("iteration", "test_accuracy", "val_accuracy"))
         acc = [float(c["test_accuracy"]) for c in curve]
         if any(math.isnan(a) for a in acc):
             used = "val_accuracy"
@@ -58,6 +58,10 @@ def _mean_curve(store: RunStore, arm: str, level: int, trials: list[int]) -> tup
     length = min(len(its) for its, _ in series)
     values = np.array([[float(c[used]) for c in curve[:length]] for _, curve in series]) * 100
     return series[0][0][:length], values, used
+
+
+def _has_curves(store: RunStore, rows: list[dict]) -> bool:
+    return all((store.arm_dir(r["trial"], r["level"], r["arm"]) / "curves.csv").exists() for r in rows if r["arm"] == "imp")
 
 
 def _curves_figure(store: RunStore, grouped: dict, path: Path) -> str:
@@ -134,6 +138,7 @@ def _table(grouped: dict) -> str:
     return "\n".join(lines)
 
 
+@writes_into_run("lottery report")
 def write_report(run_dir: Path | str) -> Path:
     """Write RUN_DIR/report/ and return its path."""
     store = RunStore(run_dir)
@@ -142,7 +147,7 @@ def write_report(run_dir: Path | str) -> Path:
     rows = read_results(store.root)
     if not rows:
         raise UserError(f"{store.results_path} has no rows yet")
-    config = from_toml(store.config_path.read_text())
+    config = read_config(store)
     grouped = _by_arm_level(rows)
     out = store.root / "report"
     title = f"{config.model.name} on {config.data.dataset}"
@@ -152,9 +157,12 @@ def write_report(run_dir: Path | str) -> Path:
                    f"Early-stop iteration: {title}", out / "early_stop.png")
     _metric_figure(grouped, "final_train_accuracy", 100, "final train accuracy (%)",
                    f"Train accuracy at the end of training: {title}", out / "train_accuracy.png")
-    curve_kind = _curves_figure(store, grouped, out / "curves.png")
-    figures = ["![accuracy](accuracy.png)", "![early stop](early_stop.png)",
-               f"![curves](curves.png) ({curve_kind} accuracy)", "![train accuracy](train_accuracy.png)"]
+    figures = ["![accuracy](accuracy.png)", "![early stop](early_stop.png)"]
+    if _has_curves(store, rows):
+        figures.append(f"![curves](curves.png) ({_curves_figure(store, grouped, out / 'curves.png')} accuracy)")
+    else:  # a copy of a run's results without its level folders (docs/ holds such copies)
+        figures.append("(no curves.png: this folder holds the results but not the level folders with curves.csv)")
+    figures.append("![train accuracy](train_accuracy.png)")
     if "one-shot" in grouped:
         _one_shot_figure(grouped, out / "one_shot.png")
         figures.append("![one-shot vs iterative](one_shot.png)")

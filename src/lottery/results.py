@@ -4,7 +4,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .store import RunStore, load_csv, load_json
+from .errors import BrokenFile
+from .store import RunStore, load_csv, load_json, remedy
 
 RESULT_COLUMNS = [
     "arm", "trial", "level", "percent_remaining", "weights_remaining", "prunable_weights",
@@ -20,16 +21,20 @@ def collect_results(store: RunStore, trials: list[int], levels: list[int], arms:
             for trial in trials:
                 path = store.arm_dir(trial, level, arm) / "metrics.json"
                 if path.exists():
-                    metrics = load_json(path)
+                    metrics = load_json(path, tuple(RESULT_COLUMNS))
                     rows.append({c: metrics[c] for c in RESULT_COLUMNS})
     return rows
 
 
 def read_results(run_dir: Path | str) -> list[dict[str, Any]]:
-    """results.csv with numbers parsed."""
-    rows = load_csv(Path(run_dir) / "results.csv")
+    """results.csv with numbers parsed; a truncated or foreign table is one clear error naming the file."""
+    path = Path(run_dir) / "results.csv"
+    rows = load_csv(path, RESULT_COLUMNS)
     ints = {"trial", "level", "weights_remaining", "prunable_weights", "early_stop_iteration"}
     out = []
-    for row in rows:
-        out.append({k: (v if k == "arm" else int(v) if k in ints else float(v)) for k, v in row.items()})
+    for number, row in enumerate(rows, start=2):
+        try:
+            out.append({k: (v if k == "arm" else int(v) if k in ints else float(v)) for k, v in row.items()})
+        except ValueError as exc:
+            raise BrokenFile(f"{path} is malformed (line {number}: {exc}); {remedy(path)}") from None
     return out

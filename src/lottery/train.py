@@ -270,31 +270,42 @@ class StackedTrainer:
 
     def load_state(self, tensors: dict[str, torch.Tensor], meta: dict, rows: list[int] | None = None) -> None:
         """Continue from `state()`; `rows` picks this trainer's replicas among the checkpoint's (default:
-        the first ones, in order). A replica's state is its own, so any subset continues exactly."""
+        the first ones, in order). A replica's state is its own, so any subset continues exactly. Every
+        tensor is read and checked before anything changes: a broken checkpoint leaves the trainer as it was."""
         rows = list(range(self.count)) if rows is None else list(rows)
         if len(rows) != self.count:
             raise ValueError(f"{len(rows)} checkpoint rows for {self.count} replicas")
-        index = torch.tensor(rows + rows[:1] * (self.size - self.count))  # a shadow copy repeats its replica
         device = self.best_val_loss.device
+        index = torch.tensor(rows + rows[:1] * (self.size - self.count), device=device)  # a shadow repeats its replica
 
-        def pick(t: torch.Tensor, dim: int = 0) -> torch.Tensor:
-            return t.to(device).index_select(dim, index.to(device))
+        def pick(key: str, like: torch.Tensor | None = None, dim: int = 0) -> torch.Tensor:
+            value = tensors[key].to(device).index_select(dim, index)
+            if like is not None and value.shape != like.shape:
+                raise ValueError(f"{key} has shape {tuple(value.shape)}, expected {tuple(like.shape)}")
+            return value
 
+        params = {n: pick(f"param.{n}", p) for n, p in self.params.items()}
+        path = {n: pick(f"path.{n}", p) for n, p in self.path.items()}
+        buffers, _ = self.optimizer.state()
+        saved_buffers = {key: [pick(f"opt.{key}.{n}", p) for n, p in zip(self.params, self.params.values())]
+                         for key in buffers}
+        eval_iterations = [int(i) for i in meta["eval_iterations"]]
+        curves = {k: list(pick(f"curve.{k}", dim=1).unbind(0)) for k in CURVES} if eval_iterations else self.curves
+        if eval_iterations and len(curves[CURVES[0]]) != len(eval_iterations):
+            raise ValueError("the curves do not match the evaluation iterations")
+        best = [pick(f"best.{k}", like) for k, like in (("val_loss", self.best_val_loss),
+                                                        ("iteration", self.best_iteration),
+                                                        ("test_accuracy", self.best_test_accuracy))]
+        iteration, lr, steps = int(meta["iteration"]), float(meta["lr"]), int(meta["optimizer_steps"])
         with torch.no_grad():
             for n, p in self.params.items():
-                p.copy_(pick(tensors[f"param.{n}"]))
+                p.copy_(params[n])
             for n, p in self.path.items():
-                p.copy_(pick(tensors[f"path.{n}"]))
+                p.copy_(path[n])
             for previous, p in zip(self._previous, self._path_params):
                 previous.copy_(p)
-        buffers, _ = self.optimizer.state()
-        self.optimizer.load_state({key: [pick(tensors[f"opt.{key}.{n}"]) for n in self.params] for key in buffers},
-                                  int(meta["optimizer_steps"]))
-        self.eval_iterations = list(meta["eval_iterations"])
-        if self.eval_iterations:
-            self.curves = {k: list(pick(tensors[f"curve.{k}"], 1).unbind(0)) for k in CURVES}
-        self.best_val_loss = pick(tensors["best.val_loss"])
-        self.best_iteration = pick(tensors["best.iteration"])
-        self.best_test_accuracy = pick(tensors["best.test_accuracy"])
-        self.iteration = int(meta["iteration"])
-        self._lr = self.optimizer.lr = float(meta["lr"])
+        self.optimizer.load_state(saved_buffers, steps)
+        self.eval_iterations, self.curves = eval_iterations, curves
+        self.best_val_loss, self.best_iteration, self.best_test_accuracy = best
+        self.iteration = iteration
+        self._lr = self.optimizer.lr = lr

@@ -14,6 +14,7 @@ target-run/ when trained here.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections import defaultdict
 from pathlib import Path
@@ -31,7 +32,7 @@ from .order import derive_seed
 from .passes import NamedReplica, train_replicas
 from .results import RESULT_COLUMNS
 from .sizing import replicas_per_pass
-from .store import atomic_write_text, load_json, save_csv
+from .store import atomic_write_text, hold_run, load_json, save_csv, writes_into_run
 
 TRANSFER_COLUMNS = ["source", *RESULT_COLUMNS]
 TARGET_ARMS = ("imp", "reinit", "random")
@@ -49,10 +50,21 @@ def data_label(data: DataConfig) -> str:
     return "-".join(parts)
 
 
+@writes_into_run("lottery transfer")
 def transfer_run(sources: list[Path | str], target: DataConfig | None = None, *, against: Path | str | None = None,
                  levels: list[int] | None = None, data_dir: Path | str | None = None,
                  options: RunOptions | None = None) -> Path:
-    """Train the sources' tickets on the target data and compare (see the module doc); returns the output folder."""
+    """Train the sources' tickets on the target data and compare (see the module doc); returns the output folder.
+    Writes into the first source (held exclusively); the other sources and `against` are read (held shared)."""
+    with contextlib.ExitStack() as held:
+        for other in [*sources[1:], *([against] if against is not None else [])]:
+            if Path(other).is_dir():
+                held.enter_context(hold_run(other, exclusive=False))
+        return _transfer(sources, target, against=against, levels=levels, data_dir=data_dir, options=options)
+
+
+def _transfer(sources: list[Path | str], target: DataConfig | None, *, against: Path | str | None,
+              levels: list[int] | None, data_dir: Path | str | None, options: RunOptions | None) -> Path:
     options = options or RunOptions()
     runs = [open_run(s) for s in sources]
     if not runs:
@@ -94,8 +106,10 @@ def transfer_run(sources: list[Path | str], target: DataConfig | None = None, *,
             for trial in sorted(set(run.trials) & set(target_run.trials)):
                 def build(run: FinishedRun = run, trial: int = trial, level: int = level):
                     return run.start(trial, options.device), run.mask(trial, level, "imp", options.device)
+                key = f"transfer/{label}/{trial}/{level}"
                 replicas.append(NamedReplica(out / "sources" / label / f"trial_{trial}" / f"level_{level:02d}",
                                              derive_seed(tconfig.seed, "order", trial), build,
+                                             derive_seed(tconfig.seed, "replica", key), key,
                                              {"source": label, "arm": "transfer", "trial": trial, "level": level}))
     if not replicas:
         raise UserError("no (level, trial) is shared by the sources and the target run")

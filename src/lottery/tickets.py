@@ -1,0 +1,107 @@
+"""What each replica of a level starts from: θ0, θk, the level's mask and each arm's mask and weights.
+
+Each is computed once, saved, and read back from the run directory afterwards; masks record what they
+were derived from (see lottery.lineage). Every control is built from the ticket's own mask at the same
+level, and only the ticket (`imp`) feeds the next level's mask.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from . import masks as masks_lib
+from .arms import OWN_MASK, REDRAWN, mask_with_counts, random_mask, same_sign
+from .config import RunConfig
+from .criteria import score_weights
+from .lineage import mask_lineage, record
+from .order import derive_seed
+from .prune import prune_one_shot, prune_round
+from .store import RunStore, load_tensors, save_tensors, tensor_digest
+
+ModelFn = Callable[[], nn.Module]
+
+
+def initial_weights(model_fn: ModelFn, seed: int, trial: int) -> dict[str, torch.Tensor]:
+    """θ0 of a trial: the model's own initializer under a seed derived from (seed, trial); no global side effect."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(seed, "init", trial))
+        model = model_fn()
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+class Tickets:
+    """The saved starting points of one run: per trial, per level, per arm."""
+
+    def __init__(self, config: RunConfig, store: RunStore, model_fn: ModelFn, roles: dict[str, str],
+                 device: str, track_path: bool) -> None:
+        self.config, self.store, self.model_fn, self.roles = config, store, model_fn, roles
+        self.device, self.track_path = device, track_path
+
+    def init(self, trial: int) -> dict[str, torch.Tensor]:
+        path = self.store.init_path(trial)
+        if not path.exists():
+            save_tensors(path, initial_weights(self.model_fn, self.config.seed, trial))
+        return load_tensors(path, self.device)
+
+    def rewind(self, trial: int) -> dict[str, torch.Tensor]:
+        if self.config.prune.rewind_iteration == 0:
+            return self.init(trial)
+        return load_tensors(self.store.rewind_path(trial), self.device)
+
+    def mask(self, trial: int, level: int) -> masks_lib.Mask:
+        path = self.store.mask_path(trial, level)
+        if not path.exists():
+            mask, lineage = self._compute_mask(trial, level)
+            save_tensors(path, mask, lineage)
+        return {n: t.bool() for n, t in load_tensors(path, self.device).items()}
+
+    def _compute_mask(self, trial: int, level: int) -> tuple[masks_lib.Mask, dict[str, str] | None]:
+        p = self.config.prune
+        if level == 0:
+            return masks_lib.dense_mask(self.init(trial), list(self.roles)), None
+        source = 0 if p.one_shot else level - 1  # one-shot prunes every level from the dense network
+        previous = self.mask(trial, source)
+        trained, scores = self.scores(trial, source, list(self.roles), seed_level=level)
+        lineage = mask_lineage(trained, p.criterion, derive_seed(self.config.seed, "criterion", trial, level))
+        if p.one_shot:
+            return prune_one_shot(scores, previous, self.roles, p.rate_hidden, p.rate_output, p.one_shot[level - 1],
+                                  p.scope, p.ignore), lineage
+        return prune_round(scores, previous, self.roles, p.rate_hidden, p.rate_output, p.scope, p.ignore), lineage
+
+    def scores(self, trial: int, trained_level: int, names: list[str],
+               seed_level: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """(θT, the criterion's scores) of the ticket trained at `trained_level` (its path too, if needed)."""
+        folder = self.store.arm_dir(trial, trained_level, "imp")
+        trained = load_tensors(folder / "final.safetensors", self.device)
+        path = load_tensors(folder / "path.safetensors", self.device) if self.track_path else None
+        seed = derive_seed(self.config.seed, "criterion", trial, seed_level)
+        return trained, score_weights(self.config.prune.criterion, self.init(trial), self.rewind(trial), trained,
+                                      names, path, seed)
+
+    def arm_mask(self, trial: int, level: int, arm: str) -> masks_lib.Mask:
+        if arm not in OWN_MASK or level == 0:
+            return self.mask(trial, level)
+        path = self.store.arm_dir(trial, level, arm) / "mask.safetensors"
+        if not path.exists():
+            reference = self.mask(trial, level)
+            if arm == "random":
+                mask = random_mask(reference, derive_seed(self.config.seed, "random-mask", trial, level))
+            elif arm == "init-magnitude":
+                init = self.init(trial)
+                mask = mask_with_counts({n: init[n].abs() for n in reference}, reference)
+            else:  # one-shot: the criterion on the dense network's training, straight to these counts
+                mask = mask_with_counts(self.scores(trial, 0, list(reference), seed_level=level)[1], reference)
+            save_tensors(path, mask, record(reference=tensor_digest(reference)))
+        return {n: t.bool() for n, t in load_tensors(path, self.device).items()}
+
+    def arm_start(self, trial: int, level: int, arm: str) -> dict[str, torch.Tensor]:
+        start = self.init(trial) if level == 0 else self.rewind(trial)
+        if arm not in REDRAWN or level == 0:
+            return start
+        path = self.store.arm_dir(trial, level, arm) / "start.safetensors"
+        if not path.exists():
+            fresh = initial_weights(self.model_fn, derive_seed(self.config.seed, "reinit", arm, level), trial)
+            save_tensors(path, fresh if arm == "reinit" else same_sign(fresh, start))
+        return load_tensors(path, self.device)
