@@ -23,6 +23,17 @@ TINY = ["--iterations", "120", "--levels", "2", "--trials", "2", "--arms", "imp,
     (["find", "--scope", "sideways"], "scope must be layerwise or global"),
     (["find", "--one-shot", "150"], "one-shot percents must be in (0, 100)"),
     (["find", "--device", "tpu"], "unknown device"),
+    (["find", "--device", "cudaXYZ"], "unknown device 'cudaXYZ'; use cpu, cuda or cuda:N"),
+    (["find", "--set", "train.lr=inf"], "train.lr must be a finite number"),
+    (["find", "--set", "train.lr=nan"], "train.lr must be a finite number"),
+    (["find", "--set", "train.lr=1e308"], "train.lr must be in (0, 10]"),
+    (["find", "--set", "train.weight_decay=inf"], "train.weight_decay must be a finite number"),
+    (["find", "--set", "train.weight_decay=5"], "train.weight_decay must be in [0, 1)"),
+    (["find", "--set", "train.momentum=1"], "train.momentum must be in [0, 1)"),
+    (["find", "--set", "train.gamma=2"], "train.gamma must be in (0, 1]"),
+    (["find", "--set", "data.val_size=0"], "data.val_size must be -1 (the dataset's default) or at least one batch"),
+    (["find", "--checkpoint-seconds", "nan"], "--checkpoint-seconds must be a finite number"),
+    (["find", "--checkpoint-seconds", "-1"], "--checkpoint-seconds must be a finite number, 0 or more"),
     (["find", "--arms", "imp,bogus"], "unknown arm"),
     (["find", "--arms", "reinit"], "arms must include imp"),
     (["find", "--precision", "fp8"], "train.precision must be float32 or bf16"),
@@ -45,6 +56,7 @@ def test_missing_data_offline_is_one_line_and_leaves_no_run(tmp_path):
     assert result.returncode == 2
     assert "could not get train-images-idx3-ubyte.gz" in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "runs").exists()
+    assert not (tmp_path / "empty").exists()  # a failed download leaves no empty data folder
 
 
 def test_presets_lists_each_with_one_line():

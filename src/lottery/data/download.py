@@ -1,6 +1,7 @@
 """Fetch files from public mirrors, verify their MD5 and move them into place atomically."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import tempfile
@@ -39,10 +40,21 @@ def ensure_file(path: Path, md5: str, mirrors: list[str]) -> Path:
                 f"delete it to download it again"
             )
         return path
+    created = [p for p in (path.parent, *path.parent.parents) if not p.exists()]
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"cannot create data folder {path.parent}: {exc.strerror}") from None
+    try:
+        return _download(path, md5, mirrors)
+    except BaseException:
+        for folder in created:  # a failed download leaves no empty folders behind
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
+
+
+def _download(path: Path, md5: str, mirrors: list[str]) -> Path:
     failures = []
     for base in mirrors:
         url = base + path.name
