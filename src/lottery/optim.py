@@ -37,6 +37,9 @@ class ReplicaOptimizer:
                 self.buffers = {"momentum": [torch.zeros_like(p) for p in params]}
         else:
             raise ValueError(f"unknown optimizer {cfg.optimizer!r}")
+        # Views stay valid: parameters and buffers are only ever updated in place.
+        self._param_slices = self._slices(params)
+        self._buffer_slices = {name: self._slices(tensors) for name, tensors in self.buffers.items()}
 
     @staticmethod
     def _slices(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -44,15 +47,15 @@ class ReplicaOptimizer:
 
     @torch.no_grad()
     def step(self) -> None:
-        params = self._slices(self.params)
+        params = self._param_slices
         grads = self._slices([p.grad for p in self.params])
         kind = {"fused": True} if self.fused else {"foreach": True}
         if self.cfg.optimizer == "adam":
-            adam_step(params, grads, self._slices(self.buffers["exp_avg"]), self._slices(self.buffers["exp_avg_sq"]),
+            adam_step(params, grads, self._buffer_slices["exp_avg"], self._buffer_slices["exp_avg_sq"],
                       [], self._counters, amsgrad=False, beta1=ADAM_BETAS[0], beta2=ADAM_BETAS[1], lr=self.lr,
                       weight_decay=self.cfg.weight_decay, eps=ADAM_EPS, maximize=False, **kind)
         else:
-            momentum = self._slices(self.buffers["momentum"]) if "momentum" in self.buffers else [None] * len(params)
+            momentum = self._buffer_slices.get("momentum") or [None] * len(params)
             # Zero-initialized buffers give buf = grad on the first step, as torch.optim.SGD does.
             sgd_step(params, grads, momentum, weight_decay=self.cfg.weight_decay, momentum=self.cfg.momentum,
                      lr=self.lr, dampening=0.0, nesterov=self.cfg.nesterov and self.cfg.momentum > 0,

@@ -54,17 +54,20 @@ class ReplicaDraws:
     def __init__(self, seeds: list[int], device: torch.device | str) -> None:
         self.seeds, self.device = list(seeds), torch.device(device)
         self._generators = [torch.Generator(self.device) for _ in self.seeds]
-        self.iteration = -1
+        self.iteration, self._seeded = -1, False
 
     def at(self, iteration: int) -> "ReplicaDraws":
-        """Restart every replica's stream at `iteration`; the draws of one step follow in layer order."""
-        self.iteration = iteration
-        for generator, seed in zip(self._generators, self.seeds):
-            generator.manual_seed(derive_seed(seed, "draws", iteration))
+        """Restart every replica's stream at `iteration` (seeded when first drawn from: most models draw
+        nothing); the draws of one step then follow in layer order."""
+        self.iteration, self._seeded = iteration, False
         return self
 
     def uniform(self, shape: tuple[int, ...] | torch.Size) -> torch.Tensor:
         """[replicas, *shape] uniform draws in [0, 1), replica r's from its own stream."""
+        if not self._seeded:
+            for generator, seed in zip(self._generators, self.seeds):
+                generator.manual_seed(derive_seed(seed, "draws", self.iteration))
+            self._seeded = True
         return torch.stack([torch.rand(shape, generator=g, device=self.device) for g in self._generators])
 
     def global_seed(self, replica: int) -> int:
