@@ -78,6 +78,9 @@ def _transfer(sources: list[Path | str], target: DataConfig | None, *, against: 
         target = target_run.config.data
     if target is None:
         raise UserError("say which data to transfer to (--to DATASET) or give a target run (--against)")
+    for run in runs:  # before a target run is trained for nothing
+        if levels and any(lv not in run.levels for lv in levels if lv > 0):
+            raise UserError(f"levels {levels} are not all in {run.store.root} (it has up to {run.levels[-1]})")
     out = first.store.root / "transfer" / data_label(target)
     data = None  # loaded once here when a target run is trained, else by model_and_data
     if against is None:
