@@ -117,3 +117,16 @@ def test_a_killed_run_resumes_to_the_same_results(tmp_path):
     assert run_dir.name == straight_dir.name
     assert (run_dir / "results.csv").read_text() == (straight_dir / "results.csv").read_text()
     assert not list(run_dir.rglob("*.tmp")) and not (run_dir / "checkpoints").exists()  # no empty folder left
+
+
+def test_find_warns_when_networks_diverged(tmp_path):
+    from lottery.cli import diverged_note
+    from lottery.results import RESULT_COLUMNS
+    from lottery.store import save_csv
+
+    row = {c: 0 for c in RESULT_COLUMNS} | {"arm": "imp", "percent_remaining": 100.0, "early_stop_val_loss": 0.5}
+    save_csv(tmp_path / "results.csv", [row, row | {"trial": 1, "early_stop_val_loss": float("inf")}], RESULT_COLUMNS)
+    assert diverged_note(tmp_path) == ("warning: 1 of 2 networks diverged (non-finite validation loss, e.g. imp trial 1 "
+                                       "level 0); lower train.lr")
+    save_csv(tmp_path / "results.csv", [row], RESULT_COLUMNS)
+    assert diverged_note(tmp_path) is None
