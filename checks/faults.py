@@ -67,18 +67,23 @@ def repro(work: Path) -> None:
             args += extra
         assert lottery("find", *args, "--out", str(out)).returncode == 0
         other = files(only_run(out))
+        if extra[0] == "--trials":  # results.csv holds one trial's rows: compare that trial's files
+            other = {k: v for k, v in other.items() if k.startswith("trial_0/")}
         differ = [k for k in other if other[k] != base.get(k)]
         print(f"{' '.join(extra)} vs default: {len(other)} files compared, {len(differ)} differ")
 
 
-def kill_until_done(args: list[str], rng: random.Random, max_wait: float) -> tuple[int, subprocess.CompletedProcess]:
-    """Start the command, SIGKILL it after a random delay, again and again until it completes."""
+def kill_until_done(args: list[str], rng: random.Random, duration: float,
+                    at_least: int = 0) -> tuple[int, subprocess.CompletedProcess]:
+    """Start the command and SIGKILL it after a random share of `duration` (an uninterrupted run's time),
+    `at_least` times, then again at random until it completes."""
     kills = 0
     while True:
         proc = subprocess.Popen([PYTHON, "-m", "lottery.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True, cwd=REPO)
+        delay = rng.uniform(0.2, 0.95) * duration if kills < at_least else rng.uniform(0.2, 1.2) * duration
         try:
-            out, err = proc.communicate(timeout=rng.uniform(0.5, max_wait))
+            out, err = proc.communicate(timeout=delay)
             return kills, subprocess.CompletedProcess(args, proc.returncode, out, err)
         except subprocess.TimeoutExpired:
             proc.send_signal(signal.SIGKILL)
@@ -86,32 +91,39 @@ def kill_until_done(args: list[str], rng: random.Random, max_wait: float) -> tup
             kills += 1
 
 
+def timed(*args: str) -> tuple[float, subprocess.CompletedProcess]:
+    start = time.monotonic()
+    result = lottery(*args)
+    assert result.returncode == 0, result.stderr
+    return time.monotonic() - start, result
+
+
 def kills(work: Path, budget: int) -> None:
     print("## kills")
     rng = random.Random(12)
     args = ["find", *TINY, "--iterations", "600", "--levels", "3", "--checkpoint-seconds", "0"]
-    straight = lottery(*args, "--out", str(work / "kills" / "straight"))
-    assert straight.returncode == 0, straight.stderr
+    duration, _ = timed(*args, "--out", str(work / "kills" / "straight"))
     expected = files(only_run(work / "kills" / "straight"))
     total, runs, tracebacks, mismatches = 0, 0, 0, 0
     while total < budget:
         out = work / "kills" / f"killed{runs}"
-        n, result = kill_until_done([*args, "--out", str(out)], rng, 12.0)
+        n, result = kill_until_done([*args, "--out", str(out)], rng, duration, at_least=3)
         total, runs = total + n, runs + 1
         tracebacks += "Traceback" in result.stderr
         mismatches += result.returncode != 0 or files(only_run(out)) != expected
-    print(f"find: {total} SIGKILLs over {runs} runs; runs that completed with results unlike the uninterrupted "
-          f"run's: {mismatches}; tracebacks: {tracebacks}")
+    print(f"find ({duration:.0f} s uninterrupted): {total} SIGKILLs over {runs} runs, each run killed until it "
+          f"completed; completed runs whose results differ from the uninterrupted run's: {mismatches}; "
+          f"tracebacks: {tracebacks}")
     run_dir = only_run(work / "kills" / "straight")
     for command, extra, output in (("report", [], "report/report.md"),
                                    ("attack", ["--examples", "300", "--steps", "3"], "attack/attack.csv")):
-        first = lottery(command, str(run_dir), *extra)
-        assert first.returncode == 0, first.stderr
+        duration, _ = timed(command, str(run_dir), *extra)
         reference = (run_dir / output).read_bytes()
         shutil.rmtree(run_dir / output.split("/")[0])
-        n, result = kill_until_done([command, str(run_dir), *extra], rng, 4.0)
+        n, result = kill_until_done([command, str(run_dir), *extra], rng, duration, at_least=8)
         same = result.returncode == 0 and (run_dir / output).read_bytes() == reference
-        print(f"{command}: {n} SIGKILLs, then completed; output identical to an uninterrupted run: {same}")
+        print(f"{command}: {n} SIGKILLs, then completed; output identical to an uninterrupted run's: {same}; "
+              f"tracebacks: {'Traceback' in result.stderr}")
 
 
 def corrupt(path: Path, how: str) -> None:
