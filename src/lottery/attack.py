@@ -110,6 +110,9 @@ def attack_run(run_dir: Path | str, methods: list[str], epsilons: list[float], *
     if missing:
         raise UserError(f"levels {missing} are not in {run.store.root} (it has {run.levels[0]}..{run.levels[-1]})")
     model, _, data, _ = model_and_data(run, data_dir, model_fn=model_fn, data=data, device=device)
+    if data.channel_normalization is not None:
+        raise UserError(f"attack does not yet support {data.name} (colour images with per-channel ranges); it "
+                        f"supports mnist, fashion-mnist and mnist1d")
     forward = stacked_forward_for(model).each
     epsilons = sorted(set([0.0, *epsilons]))  # ε = 0: clean accuracy through the same path
     rows = []

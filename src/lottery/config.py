@@ -21,6 +21,7 @@ class DataConfig:
     permute_fraction: float = 0.0  # share of input positions permuted (a fixed permutation); see data.shifts
     rotate_degrees: float = 0.0  # images rotated by this angle
     classes: list[int] = field(default_factory=list)  # only these labels; empty: all
+    augment: str = "none"  # none | flip-crop (4-pixel padded random crop + horizontal flip; see data.augment)
 
 
 @dataclass
@@ -75,7 +76,8 @@ class RunConfig:
     # Fields added after runs existed: hashed only when set away from this value, so that existing run
     # directories keep their names (and resume) when the field appears.
     HASHED_UNLESS: typing.ClassVar[dict[str, Any]] = {"model.dropout": 0.0, "data.permute_fraction": 0.0,
-                                                      "data.rotate_degrees": 0.0, "data.classes": []}
+                                                      "data.rotate_degrees": 0.0, "data.classes": [],
+                                                      "data.augment": "none"}
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -194,6 +196,7 @@ def validate(config: RunConfig) -> None:
     from .arms import ARMS
     from .criteria import CRITERIA  # local: criteria does not depend on config
     from .data import DATASETS
+    from .data.augment import AUGMENTATIONS
     from .models import MODELS
 
     t, p = config.train, config.prune
@@ -205,6 +208,8 @@ def validate(config: RunConfig) -> None:
         (len(set(config.arms)) == len(config.arms), f"arms are listed twice in {config.arms}"),
         (not (p.one_shot and "one-shot" in config.arms), "the one-shot arm is for iterative runs; --one-shot runs are one-shot already"),
         (config.data.dataset in DATASETS, f"unknown dataset {config.data.dataset!r}; known: {', '.join(DATASETS)}"),
+        (config.data.augment in AUGMENTATIONS,
+         f"data.augment must be one of {', '.join(AUGMENTATIONS)}, got {config.data.augment!r}"),
         (config.model.name in MODELS, f"unknown model {config.model.name!r}; known: {', '.join(MODELS)}"),
         (0 <= config.model.dropout < 1, f"model.dropout must be in [0, 1), got {config.model.dropout}"),
         (all(h >= 1 for h in config.model.hidden), f"model.hidden sizes must be positive, got {config.model.hidden}"),

@@ -84,12 +84,15 @@ def find_tickets(config: RunConfig, run_dir: Path | str, *, model_fn: ModelFn | 
         data = load_data(config.data, data_dir)
     if config.train.batch_size > len(data.x_train):
         raise UserError(f"batch size {config.train.batch_size} exceeds the {len(data.x_train)} training examples")
+    if config.data.augment != "none" and data.x_train.dim() != 4:
+        raise UserError(f"data.augment={config.data.augment} needs images [N, C, H, W]; {data.name} inputs are "
+                        f"{tuple(data.x_train.shape[1:])}")
     data = data.to(options.device)
     if model_fn is None:
         spec = config.model
         model_fn = lambda: build_model(spec, data.input_shape, data.num_classes)  # noqa: E731
     model = model_fn().to(options.device)
-    check_model_output(model, data.x_train[:2], data.num_classes)
+    check_model_output(model, data.features(data.x_train[:2]), data.num_classes)
     roles = dict(roles) if roles is not None else prunable_roles(model)
     params = dict(model.named_parameters())
     unknown = [n for n in [*roles, *config.prune.ignore] if n not in params]
@@ -184,7 +187,7 @@ class _Procedure:
         cfg = self.config.train
         seeds = [derive_seed(self.config.seed, "order", t) for t in stream_trials]
         trainer = StackedTrainer(self.model, specs, self.data, cfg, seeds, start_iteration, EVAL_BATCH,
-                                 track_path=self.track_path)
+                                 track_path=self.track_path, augment=self.config.data.augment)
         keys, checkpoint = [j.key for j in jobs], self.store.checkpoint_paths(name)[0]
         resume(trainer, keys, checkpoint, warn=self.progress.warn)
         bar = self.progress.iterations(name, cfg.iterations - start_iteration, trainer.iteration - start_iteration)

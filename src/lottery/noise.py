@@ -83,7 +83,7 @@ def noise_run(run_dir: Path | str, sigmas: list[float], *, levels: list[int] | N
     per_pass = replicas_per_pass(model, device, EVAL_BATCH, config.train.batch_size)
     train_replicas(replicas, model, data, config.train, out / "checkpoints", max_per_pass=per_pass,
                    checkpoint_seconds=checkpoint_seconds, progress=progress, label="noise",
-                   start_iteration=config.prune.rewind_iteration)
+                   start_iteration=config.prune.rewind_iteration, augment=config.data.augment)
     training = [{c: load_json(r.folder / "metrics.json")[c] for c in TRAINING_COLUMNS} for r in replicas]
     for arm in ("imp", "reinit"):  # the clean ticket (k = 0) and the reinit control, from the run itself
         for level in levels:
@@ -123,7 +123,7 @@ def noise_run(run_dir: Path | str, sigmas: list[float], *, levels: list[int] | N
 def _accuracy(forward, params: dict[str, torch.Tensor], data: Dataset) -> torch.Tensor:
     correct = None
     for start in range(0, len(data.x_test), EVAL_BATCH):
-        xb, yb = data.x_test[start:start + EVAL_BATCH], data.y_test[start:start + EVAL_BATCH]
+        xb, yb = data.features(data.x_test[start:start + EVAL_BATCH]), data.y_test[start:start + EVAL_BATCH]
         hits = (forward(params, xb).argmax(-1) == yb).sum(1)
         correct = hits if correct is None else correct + hits
     return correct.float() / len(data.x_test)

@@ -93,7 +93,7 @@ class NamedReplica:
 def train_replicas(replicas: list[NamedReplica], model: nn.Module, data: Dataset, cfg: TrainConfig,
                    checkpoint_dir: Path, *, max_per_pass: int, checkpoint_seconds: float = 60.0,
                    progress: bool = True, save_final: bool = False, label: str = "pass",
-                   start_iteration: int = 0) -> None:
+                   start_iteration: int = 0, augment: str = "none") -> None:
     """Train every replica not done yet, in passes of `max_per_pass` cut from all replicas (so a pass keeps
     its checkpoint when some of its replicas finished before a kill); each pass resumes after a kill."""
     passes = [replicas[i:i + max_per_pass] for i in range(0, len(replicas), max_per_pass)]
@@ -106,7 +106,7 @@ def train_replicas(replicas: list[NamedReplica], model: nn.Module, data: Dataset
         for r in chunk:
             start, mask = r.build()
             specs.append(ReplicaSpec(seeds.index(r.order_seed), start, mask, r.seed))
-        trainer = StackedTrainer(model, specs, data, cfg, seeds, start_iteration)
+        trainer = StackedTrainer(model, specs, data, cfg, seeds, start_iteration, augment=augment)
         keys = [r.key for r in chunk]
         checkpoint = checkpoint_dir / f"{label}_{index}.safetensors"
         resume(trainer, keys, checkpoint)

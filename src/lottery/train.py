@@ -25,6 +25,7 @@ from torch import nn
 
 from .config import TrainConfig
 from .data import Dataset
+from .data.augment import AUGMENTATIONS, flip_crop
 from .forwards import StackedForward, StackedForwards, stacked_forward_for
 from .masks import Mask
 from .memory import fix_malloc_threshold
@@ -78,11 +79,11 @@ class StackedTrainer:
 
     def __init__(self, model: nn.Module, replicas: list[ReplicaSpec], data: Dataset, cfg: TrainConfig,
                  stream_seeds: list[int], start_iteration: int = 0, eval_batch: int = 10_000,
-                 track_path: bool = False) -> None:
+                 track_path: bool = False, augment: str = "none") -> None:
         device = data.x_train.device
         fix_malloc_threshold()  # else heap fragmentation grows RSS without bound over long passes
         self.cfg, self.data, self.eval_batch = cfg, data, eval_batch
-        self.forwards = stacked_forward_for(model, data.x_train[:2])
+        self.forwards = stacked_forward_for(model, data.features(data.x_train[:2]))
         self.device_type = device.type
         self.count = len(replicas)  # the replicas asked for; a lone one gets a shadow copy (see the module doc)
         replicas = replicas * 2 if len(replicas) == 1 else list(replicas)
@@ -106,6 +107,9 @@ class StackedTrainer:
         self._path_params = [self.params[n] for n in self.path]
         self._previous = [p.detach().clone() for p in self._path_params]
         self.order = BatchOrder(len(data.x_train), cfg.batch_size, stream_seeds, device)
+        self.stream_seeds, self.augment = list(stream_seeds), augment
+        if augment != "none" and (data.x_train.dim() != 4 or augment not in AUGMENTATIONS):
+            raise ValueError(f"augmentation {augment!r} needs images [N, C, H, W]; the data is {tuple(data.x_train.shape)}")
         self.stream_rows = torch.tensor([r.stream for r in replicas], device=device)
         self.draws = ReplicaDraws([r.seed for r in replicas], device)
         self.iteration = start_iteration
@@ -126,8 +130,12 @@ class StackedTrainer:
 
     # --- the hot loop -------------------------------------------------------------------------------
     def step(self) -> None:
-        idx = self.order.indices(self.iteration)[self.stream_rows]  # [R, B]
-        x, y = self.data.x_train[idx], self.data.y_train[idx]
+        idx = self.order.indices(self.iteration)  # [streams, B]: the arms of a trial share a stream
+        x = self.data.x_train[idx]
+        if self.augment == "flip-crop":
+            x = flip_crop(x, self.stream_seeds, self.iteration)
+        x = self.data.features(x)[self.stream_rows]  # [R, B, ...]
+        y = self.data.y_train[idx][self.stream_rows]
         with self._precision():
             logits = self.forwards.train(self.params, x, self.draws.at(self.iteration))
         # Sum over replicas of each replica's mean loss: each replica gets exactly its own gradient.
@@ -193,7 +201,7 @@ class StackedTrainer:
         total_loss = torch.zeros(size, device=x.device)
         correct = torch.zeros(size, device=x.device)
         for start in range(0, len(x), self.eval_batch):
-            xb, yb = x[start:start + self.eval_batch], y[start:start + self.eval_batch]
+            xb, yb = self.data.features(x[start:start + self.eval_batch]), y[start:start + self.eval_batch]
             with self._precision():
                 logits = self.forwards.shared(params, xb).float()
             target = yb.unsqueeze(0).expand(size, -1)

@@ -119,7 +119,7 @@ def _transfer(sources: list[Path | str], target: DataConfig | None, *, against: 
     per_pass = replicas_per_pass(model, options.device, EVAL_BATCH, tconfig.train.batch_size, options.max_replicas)
     train_replicas(replicas, model, data, tconfig.train, out / "checkpoints", max_per_pass=per_pass,
                    checkpoint_seconds=options.checkpoint_seconds, progress=options.progress, label="transfer",
-                   start_iteration=tconfig.prune.rewind_iteration)
+                   start_iteration=tconfig.prune.rewind_iteration, augment=tconfig.data.augment)
 
     rows = [{c: load_json(r.folder / "metrics.json")[c] for c in TRANSFER_COLUMNS} for r in replicas]
     target_label = f"{data_label(target)} (own)"

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
+from .cifar10 import load_cifar10
 from .idx import load_fashion_mnist, load_mnist
 from .mnist1d import load_mnist1d
 from .raw import RawSplits
@@ -28,14 +29,35 @@ class Dataset:
     y_test: torch.Tensor
     num_classes: int
     pixels: tuple[float, float] | None = None  # (mean, std): pixel = x * std + mean lies in [0, 1]; None: no pixel space
+    # uint8 images (CIFAR-10) stay uint8 in memory; `features` normalizes a batch per channel on the fly.
+    channel_normalization: tuple[tuple[float, ...], tuple[float, ...]] | None = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.x_train.shape[1:])
 
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """What the network sees: float32 inputs; uint8 images are scaled to [0, 1] and normalized with the
+        per-channel training mean and std."""
+        if x.dtype != torch.uint8:
+            return x
+        if self.channel_normalization is None:
+            return x.float() / 255.0
+        mean, std = (torch.tensor(v, device=x.device).view(-1, 1, 1) for v in self.channel_normalization)
+        return (x.float() / 255.0 - mean) / std
+
+    def as_float(self) -> "Dataset":
+        """The same data with every split already normalized to float32 (for code that needs it whole)."""
+        if self.x_train.dtype != torch.uint8:
+            return self
+        splits = {k: getattr(self, k) for k in ("y_train", "y_val", "y_test")}
+        xs = {k: self.features(getattr(self, k)) for k in ("x_train", "x_val", "x_test")}
+        return Dataset(self.name, num_classes=self.num_classes, pixels=None, **xs, **splits)
+
     def to(self, device: torch.device | str) -> "Dataset":
         moved = {k: getattr(self, k).to(device) for k in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")}
-        return Dataset(self.name, num_classes=self.num_classes, pixels=self.pixels, **moved)
+        return Dataset(self.name, num_classes=self.num_classes, pixels=self.pixels,
+                       channel_normalization=self.channel_normalization, **moved)
 
 
 DatasetLoader = Callable[[Path], RawSplits]
@@ -44,6 +66,7 @@ DATASETS: dict[str, DatasetLoader] = {
     "mnist1d": load_mnist1d,
     "mnist": load_mnist,
     "fashion-mnist": load_fashion_mnist,
+    "cifar10": load_cifar10,
 }
 
 
@@ -84,7 +107,7 @@ def load_dataset(
     size = raw.default_val_size if val_size < 0 else val_size
     x_train, y_train, x_val, y_val = split_validation(raw.x_train, raw.y_train, size, split_seed)
     return Dataset(name, x_train, y_train, x_val, y_val, raw.x_test, raw.y_test, raw.num_classes,
-                   raw.pixels).to(device)
+                   raw.pixels, raw.channel_normalization).to(device)
 
 
 def load_data(config: "DataConfig", data_dir: Path | str | None = None) -> Dataset:  # noqa: F821

@@ -7,7 +7,8 @@ import torch
 
 @dataclass
 class RawSplits:
-    """What a dataset module returns: normalized float32 inputs, int64 labels, before the val split."""
+    """What a dataset module returns: normalized float32 inputs (or uint8 images with their per-channel
+    normalization), int64 labels, before the val split."""
 
     x_train: torch.Tensor
     y_train: torch.Tensor
@@ -16,3 +17,5 @@ class RawSplits:
     num_classes: int
     default_val_size: int
     pixels: tuple[float, float] | None = None  # (mean, std): pixel = x * std + mean lies in [0, 1]
+    # uint8 images normalized on the fly: per-channel (means, stds) of pixels in [0, 1]; None: x is float
+    channel_normalization: tuple[tuple[float, ...], tuple[float, ...]] | None = None

@@ -54,4 +54,5 @@ def apply_shifts(raw: RawSplits, permute_fraction: float = 0.0, rotate_degrees: 
         x_train = x_train.flatten(1)[:, index].view_as(x_train)
         x_test = x_test.flatten(1)[:, index].view_as(x_test)
     size = raw.default_val_size if not classes else round(raw.default_val_size * len(x_train) / len(raw.x_train))
-    return RawSplits(x_train.contiguous(), y_train, x_test.contiguous(), y_test, raw.num_classes, size, raw.pixels)
+    return RawSplits(x_train.contiguous(), y_train, x_test.contiguous(), y_test, raw.num_classes, size, raw.pixels,
+                     raw.channel_normalization)
