@@ -55,6 +55,7 @@ class PruneConfig:
     scope: str = "layerwise"  # layerwise | global
     rate_hidden: float = 0.2  # fraction of the remaining weights pruned per level, hidden layers
     rate_output: float = 0.1  # the same for the output layer
+    rate_conv: float = -1.0  # the same for convolutions; -1: the hidden (fully-connected) rate
     ignore: list[str] = field(default_factory=list)  # prunable tensors never pruned
     rewind_iteration: int = 0  # 0: reset to θ0 (the paper); k > 0: rewind to θk
     one_shot: list[float] = field(default_factory=list)  # percents remaining; non-empty: one-shot mode
@@ -77,7 +78,7 @@ class RunConfig:
     # directories keep their names (and resume) when the field appears.
     HASHED_UNLESS: typing.ClassVar[dict[str, Any]] = {"model.dropout": 0.0, "data.permute_fraction": 0.0,
                                                       "data.rotate_degrees": 0.0, "data.classes": [],
-                                                      "data.augment": "none"}
+                                                      "data.augment": "none", "prune.rate_conv": -1.0}
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -94,6 +95,10 @@ class RunConfig:
 
     def run_name(self) -> str:
         return f"{self.preset}-{self.run_hash()}"
+
+    def conv_rate(self) -> float | None:
+        """prune.rate_conv, or None when convolutions take the hidden (fully-connected) rate."""
+        return None if self.prune.rate_conv == -1 else self.prune.rate_conv
 
     def levels(self) -> list[int]:
         """The levels this config trains: 0 (dense) and then the IMP or one-shot levels."""
@@ -228,6 +233,8 @@ def validate(config: RunConfig) -> None:
         (p.scope in ("layerwise", "global"), f"scope must be layerwise or global, got {p.scope!r}"),
         (0 < p.rate_hidden < 1, f"prune.rate_hidden must be in (0, 1), got {p.rate_hidden}"),
         (0 <= p.rate_output < 1, f"prune.rate_output must be in [0, 1), got {p.rate_output}"),
+        (p.rate_conv == -1 or 0 < p.rate_conv < 1,
+         f"prune.rate_conv must be in (0, 1), or -1 for the hidden rate, got {p.rate_conv}"),
         (0 <= p.rewind_iteration < t.iterations,
          f"rewind iteration must be in [0, iterations={t.iterations}), got {p.rewind_iteration}"),
         (all(0 < q < 100 for q in p.one_shot), f"one-shot percents must be in (0, 100), got {p.one_shot}"),

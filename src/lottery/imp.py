@@ -24,6 +24,7 @@ from .models import build_model, prunable_roles
 from .order import derive_seed
 from .passes import finish_pass, resume, train_with_checkpoints
 from .progress import Progress
+from .prune import KINDS
 from .results import RESULT_COLUMNS, collect_results
 from .runinfo import claim
 from .sizing import replicas_per_pass
@@ -74,7 +75,8 @@ def find_tickets(config: RunConfig, run_dir: Path | str, *, model_fn: ModelFn | 
 
     `model_fn` builds a fresh torch.nn.Module (default: the registry's `config.model`); `data` gives
     in-memory tensors (default: `config.data` loaded from `data_dir`); `roles` maps prunable parameter
-    names to "hidden" or "output" (default: Linear/Conv weights, the last one is the output layer).
+    names to "conv", "hidden" or "output" (default: Conv weights "conv", Linear weights "hidden", the last
+    one "output"); each kind prunes at its own rate.
     Everything is checked before anything is written; the run directory is locked while this runs.
     """
     options = options or RunOptions()
@@ -95,6 +97,9 @@ def find_tickets(config: RunConfig, run_dir: Path | str, *, model_fn: ModelFn | 
     check_model_output(model, data.features(data.x_train[:2]), data.num_classes)
     roles = dict(roles) if roles is not None else prunable_roles(model)
     params = dict(model.named_parameters())
+    kinds = sorted({k for k in roles.values() if k not in KINDS})
+    if kinds:
+        raise UserError(f"unknown kind {kinds[0]!r} in roles; kinds are {', '.join(KINDS)}")
     unknown = [n for n in [*roles, *config.prune.ignore] if n not in params]
     if unknown:
         raise UserError(f"not parameters of the model: {', '.join(unknown)}")

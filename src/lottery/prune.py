@@ -34,21 +34,30 @@ def keep_top(scores: Mapping[str, torch.Tensor], mask: Mapping[str, torch.Tensor
     return out
 
 
+KINDS = ("conv", "hidden", "output")  # of prunable tensors: convolutions, fully-connected, the output layer
+POOLED = ("conv", "hidden")  # the kinds a global scope pools under one threshold (rate_hidden)
+
+
+def kind_rates(rate_hidden: float, rate_output: float, rate_conv: float | None = None) -> dict[str, float]:
+    """Rate per kind of prunable tensor; conv layers take the fully-connected rate unless given their own."""
+    return {"hidden": rate_hidden, "output": rate_output, "conv": rate_hidden if rate_conv is None else rate_conv}
+
+
 def prune_round(scores: Mapping[str, torch.Tensor], mask: Mapping[str, torch.Tensor], roles: Mapping[str, str],
                 rate_hidden: float, rate_output: float, scope: str = "layerwise",
-                ignore: tuple[str, ...] | list[str] = ()) -> Mask:
-    """One IMP round: prune `rate` of the remaining weights of each tensor (layerwise), or of all hidden
-    tensors together with one threshold (global; output tensors keep their own rate). `ignore`d
-    tensors are never pruned."""
-    rates = {"hidden": rate_hidden, "output": rate_output}
+                ignore: tuple[str, ...] | list[str] = (), rate_conv: float | None = None) -> Mask:
+    """One IMP round: prune its kind's rate of the remaining weights of each tensor (layerwise: conv,
+    fully-connected "hidden" and output), or of all conv and hidden tensors together with one threshold
+    at `rate_hidden` (global; output tensors keep their own rate). `ignore`d tensors are never pruned."""
+    rates = kind_rates(rate_hidden, rate_output, rate_conv)
     new: Mask = {n: m.clone() for n, m in mask.items()}
     active = [n for n in sorted(mask) if n not in ignore]  # name order: sums and ties never follow dict order
     if scope == "global":
-        hidden = [n for n in active if roles[n] == "hidden"]
-        if hidden:
-            kept = sum(int(mask[n].sum()) for n in hidden)
-            new.update(keep_top(scores, mask, hidden, kept - prune_count(rate_hidden, kept)))
-        active = [n for n in active if roles[n] != "hidden"]
+        pooled = [n for n in active if roles[n] in POOLED]
+        if pooled:
+            kept = sum(int(mask[n].sum()) for n in pooled)
+            new.update(keep_top(scores, mask, pooled, kept - prune_count(rate_hidden, kept)))
+        active = [n for n in active if roles[n] not in POOLED]
     elif scope != "layerwise":
         raise ValueError(f"unknown scope {scope!r}")
     for n in active:
@@ -58,16 +67,17 @@ def prune_round(scores: Mapping[str, torch.Tensor], mask: Mapping[str, torch.Ten
 
 
 def one_shot_fractions(sizes: Mapping[str, int], roles: Mapping[str, str], rate_hidden: float, rate_output: float,
-                       percent: float, ignore: tuple[str, ...] | list[str] = ()) -> dict[str, float]:
+                       percent: float, ignore: tuple[str, ...] | list[str] = (),
+                       rate_conv: float | None = None) -> dict[str, float]:
     """Per-tensor kept fractions that reach `percent` remaining in one step, keeping the per-layer shape of
-    the iterative ladder: hidden keeps (1-rate_hidden)^n, output (1-rate_output)^n, for the real n
-    that hits the target."""
+    the iterative ladder: a tensor of kind k keeps (1 - rate_k)^n, for the real n that hits the target."""
     target = percent / 100.0 * sum(sizes.values())
+    rates = kind_rates(rate_hidden, rate_output, rate_conv)
 
     def kept_fraction(name: str, n: float) -> float:
         if name in ignore:
             return 1.0
-        return (1 - (rate_hidden if roles[name] == "hidden" else rate_output)) ** n
+        return (1 - rates[roles[name]]) ** n
 
     def kept_at(n: float) -> float:
         return sum(size * kept_fraction(name, n) for name, size in sizes.items())
@@ -83,18 +93,18 @@ def one_shot_fractions(sizes: Mapping[str, int], roles: Mapping[str, str], rate_
 
 def prune_one_shot(scores: Mapping[str, torch.Tensor], mask: Mapping[str, torch.Tensor], roles: Mapping[str, str],
                    rate_hidden: float, rate_output: float, percent: float, scope: str = "layerwise",
-                   ignore: tuple[str, ...] | list[str] = ()) -> Mask:
+                   ignore: tuple[str, ...] | list[str] = (), rate_conv: float | None = None) -> Mask:
     """Prune straight to `percent` remaining from one trained network."""
     sizes = {n: int(m.sum()) for n, m in sorted(mask.items())}  # sums in name order: no dict-order rounding
-    fractions = one_shot_fractions(sizes, roles, rate_hidden, rate_output, percent, ignore)
+    fractions = one_shot_fractions(sizes, roles, rate_hidden, rate_output, percent, ignore, rate_conv)
     new: Mask = {n: m.clone() for n, m in mask.items()}
     active = [n for n in sorted(mask) if n not in ignore]  # name order: sums and ties never follow dict order
     if scope == "global":
-        hidden = [n for n in active if roles[n] == "hidden"]
-        if hidden:
-            n_keep = round(sum(sizes[n] * fractions[n] for n in hidden))
-            new.update(keep_top(scores, mask, hidden, n_keep))
-        active = [n for n in active if roles[n] != "hidden"]
+        pooled = [n for n in active if roles[n] in POOLED]
+        if pooled:
+            n_keep = round(sum(sizes[n] * fractions[n] for n in pooled))
+            new.update(keep_top(scores, mask, pooled, n_keep))
+        active = [n for n in active if roles[n] not in POOLED]
     for n in active:
         new.update(keep_top(scores, mask, [n], round(sizes[n] * fractions[n])))
     return new

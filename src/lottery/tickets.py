@@ -65,10 +65,12 @@ class Tickets:
         previous = self.mask(trial, source)
         trained, scores = self.scores(trial, source, list(self.roles), seed_level=level)
         lineage = mask_lineage(trained, p.criterion, derive_seed(self.config.seed, "criterion", trial, level))
+        conv = self.config.conv_rate()
         if p.one_shot:
             return prune_one_shot(scores, previous, self.roles, p.rate_hidden, p.rate_output, p.one_shot[level - 1],
-                                  p.scope, p.ignore), lineage
-        return prune_round(scores, previous, self.roles, p.rate_hidden, p.rate_output, p.scope, p.ignore), lineage
+                                  p.scope, p.ignore, conv), lineage
+        return prune_round(scores, previous, self.roles, p.rate_hidden, p.rate_output, p.scope, p.ignore,
+                           conv), lineage
 
     def scores(self, trial: int, trained_level: int, names: list[str],
                seed_level: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
