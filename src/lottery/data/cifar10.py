@@ -14,7 +14,6 @@ quarter of its float32 size.
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import tarfile
@@ -27,7 +26,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
-from .download import TIMEOUT_SECONDS, md5_of, mirrors_from_env
+from .download import TIMEOUT_SECONDS, data_folder, md5_of, mirrors_from_env
 from .raw import RawSplits
 
 FOLDER = "cifar-10-batches-bin"
@@ -94,26 +93,15 @@ def load_cifar10(data_dir: Path) -> RawSplits:
 def download(parent: Path, mirrors: list[str]) -> Path:
     """Fetch the official tarball into `parent`, check it, extract its members safely and move the folder
     into place atomically. Returns the folder."""
-    created = [p for p in (parent, *parent.parents) if not p.exists()]
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"cannot create data folder {parent}: {exc.strerror}") from None
-    try:
-        with tempfile.TemporaryDirectory(prefix=".cifar-10.", dir=parent) as work:
-            tarball, url = _fetch(Path(work) / TARBALL, mirrors)
-            staging = Path(work) / "extracted"
-            _extract(tarball, staging)
-            problem = member_problem(staging / FOLDER)
-            if problem:
-                raise UserError(f"the archive from {url} is not the official CIFAR-10: {problem}; nothing was "
-                                f"kept. Put the official {FOLDER}/ in {parent} or pass --data-dir")
-            os.replace(staging / FOLDER, parent / FOLDER)
-    except BaseException:
-        for folder in created:  # a failed download leaves no empty folders behind
-            with contextlib.suppress(OSError):
-                folder.rmdir()
-        raise
+    with data_folder(parent), tempfile.TemporaryDirectory(prefix=".cifar-10.", dir=parent) as work:
+        tarball, url = _fetch(Path(work) / TARBALL, mirrors)
+        staging = Path(work) / "extracted"
+        _extract(tarball, staging)
+        problem = member_problem(staging / FOLDER)
+        if problem:
+            raise UserError(f"the archive from {url} is not the official CIFAR-10: {problem}; nothing was "
+                            f"kept. Put the official {FOLDER}/ in {parent} or pass --data-dir")
+        os.replace(staging / FOLDER, parent / FOLDER)
     return parent / FOLDER
 
 

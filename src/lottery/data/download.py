@@ -7,6 +7,7 @@ import os
 import tempfile
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 from ..errors import UserError
@@ -40,17 +41,25 @@ def ensure_file(path: Path, md5: str, mirrors: list[str]) -> Path:
                 f"delete it to download it again"
             )
         return path
-    created = [p for p in (path.parent, *path.parent.parents) if not p.exists()]
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"cannot create data folder {path.parent}: {exc.strerror}") from None
-    try:
+    with data_folder(path.parent):
         return _download(path, md5, mirrors)
+
+
+@contextlib.contextmanager
+def data_folder(folder: Path) -> Iterator[Path]:
+    """Create `folder` (and its parents) for a download; if the download fails, remove the folders it
+    created, so a failed download leaves no empty folders behind."""
+    created = [p for p in (folder, *folder.parents) if not p.exists()]
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create data folder {folder}: {exc.strerror}") from None
+    try:
+        yield folder
     except BaseException:
-        for folder in created:  # a failed download leaves no empty folders behind
+        for made in created:
             with contextlib.suppress(OSError):
-                folder.rmdir()
+                made.rmdir()
         raise
 
 
