@@ -27,7 +27,7 @@ from .progress import Progress
 from .prune import KINDS
 from .results import RESULT_COLUMNS, collect_results
 from .runinfo import claim
-from .sizing import replicas_per_pass
+from .sizing import eval_batch_for, replicas_per_pass
 from .store import RunStore, hold_run, remove_empty_folder, save_csv, save_json, save_tensors, tensor_digest
 from .tickets import ModelFn, Tickets, initial_weights
 from .train import CURVES, ReplicaResult, ReplicaSpec, StackedTrainer
@@ -124,8 +124,9 @@ class _Procedure:
         self.tickets = Tickets(config, store, model_fn, roles, options.device, self.track_path)
         self.lineage = LineageCheck(store, list(config.arms), bool(config.prune.one_shot))
         self.progress = Progress(enabled=options.progress, levels=len(self.levels))
-        self.replicas_per_pass = replicas_per_pass(model, options.device, EVAL_BATCH, config.train.batch_size,
-                                                   options.max_replicas)
+        self.replicas_per_pass = replicas_per_pass(model, options.device,
+                                                   eval_batch_for(model, data.features(data.x_train[:1])),
+                                                   config.train.batch_size, options.max_replicas)
         self.progress.note(f"training up to {self.replicas_per_pass} replicas per pass "
                            f"({'as asked' if options.max_replicas else 'chosen from model size, memory and device'})")
 
@@ -191,7 +192,7 @@ class _Procedure:
                     start_iteration: int, snapshot_at: int) -> list[ReplicaResult]:
         cfg = self.config.train
         seeds = [derive_seed(self.config.seed, "order", t) for t in stream_trials]
-        trainer = StackedTrainer(self.model, specs, self.data, cfg, seeds, start_iteration, EVAL_BATCH,
+        trainer = StackedTrainer(self.model, specs, self.data, cfg, seeds, start_iteration,
                                  track_path=self.track_path, augment=self.config.data.augment)
         keys, checkpoint = [j.key for j in jobs], self.store.checkpoint_paths(name)[0]
         resume(trainer, keys, checkpoint, warn=self.progress.warn)
@@ -200,7 +201,7 @@ class _Procedure:
         def save_rewind_points(tr: StackedTrainer) -> None:
             for row, job in enumerate(jobs):
                 if not self.store.rewind_path(job.trial).exists():
-                    save_tensors(self.store.rewind_path(job.trial), {n: p[row].detach() for n, p in tr.params.items()})
+                    save_tensors(self.store.rewind_path(job.trial), {n: t[row] for n, t in tr.tensors(detach=True).items()})
 
         train_with_checkpoints(trainer, keys, checkpoint, cfg.iterations,
                                self.options.checkpoint_seconds, bar, snapshot_at, save_rewind_points)

@@ -24,11 +24,12 @@ ModelFn = Callable[[], nn.Module]
 
 
 def initial_weights(model_fn: ModelFn, seed: int, trial: int) -> dict[str, torch.Tensor]:
-    """θ0 of a trial: the model's own initializer under a seed derived from (seed, trial); no global side effect."""
+    """θ0 of a trial, parameters and buffers (BatchNorm statistics): the model's own initializer under a
+    seed derived from (seed, trial); no global side effect."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(seed, "init", trial))
         model = model_fn()
-    return {n: p.detach().clone() for n, p in model.named_parameters()}
+    return {n: t.detach().clone() for n, t in [*model.named_parameters(), *model.named_buffers()]}
 
 
 class Tickets:

@@ -29,6 +29,7 @@ from .data.augment import AUGMENTATIONS, flip_crop
 from .forwards import StackedForward, StackedForwards, stacked_forward_for
 from .masks import Mask
 from .memory import fix_malloc_threshold
+from .sizing import eval_batch_for
 from .optim import ReplicaOptimizer
 from .order import BatchOrder, ReplicaDraws
 
@@ -37,8 +38,8 @@ CURVES = ("val_loss", "val_accuracy", "test_loss", "test_accuracy")
 
 @dataclass
 class ReplicaSpec:
-    """One network to train: its data stream, its start weights (all parameters), its mask and the seed
-    of its own random stream (dropout draws)."""
+    """One network to train: its data stream, its start (all parameters and buffers, such as BatchNorm
+    running statistics), its mask and the seed of its own random stream (dropout draws)."""
 
     stream: int
     start: dict[str, torch.Tensor]
@@ -78,19 +79,25 @@ class StackedTrainer:
     """Train R replicas together from `start_iteration`; evaluate every `eval_every` iterations."""
 
     def __init__(self, model: nn.Module, replicas: list[ReplicaSpec], data: Dataset, cfg: TrainConfig,
-                 stream_seeds: list[int], start_iteration: int = 0, eval_batch: int = 10_000,
-                 track_path: bool = False, augment: str = "none") -> None:
+                 stream_seeds: list[int], start_iteration: int = 0, eval_batch: int | None = None,
+                 track_path: bool = False, augment: str = "none", batching: str = "auto") -> None:
         device = data.x_train.device
         fix_malloc_threshold()  # else heap fragmentation grows RSS without bound over long passes
-        self.cfg, self.data, self.eval_batch = cfg, data, eval_batch
-        self.forwards = stacked_forward_for(model, data.features(data.x_train[:2]))
+        self.cfg, self.data = cfg, data
+        self.forwards = stacked_forward_for(model, data.features(data.x_train[:2]), batching)
+        self.eval_batch = eval_batch or eval_batch_for(model, data.features(data.x_train[:1]))
         self.device_type = device.type
-        self.count = len(replicas)  # the replicas asked for; a lone one gets a shadow copy (see the module doc)
-        replicas = replicas * 2 if len(replicas) == 1 else list(replicas)
+        self.count = len(replicas)  # the replicas asked for; a lone one may get a shadow copy (see the module doc)
+        if len(replicas) == 1 and not self.forwards.one_by_one:
+            replicas = replicas * 2
         self.size = len(replicas)
         names = [n for n, _ in model.named_parameters()]
         self.params = {n: torch.stack([r.start[n].detach().to(device, torch.float32) for r in replicas])
                        .contiguous().requires_grad_() for n in names}
+        # Buffers (BatchNorm running statistics and counters): each replica's own, updated in place by
+        # the training forward, part of the start and of every checkpoint and result.
+        self.buffers = {n: torch.stack([r.start[n].detach().to(device) for r in replicas]).contiguous()
+                        for n, _ in model.named_buffers()}
         self.masks = {n: torch.stack([r.mask[n].to(device) for r in replicas]).to(torch.float32)
                       for n in replicas[0].mask}
         # A dense pass (level 0) needs no masking at all; otherwise every prunable tensor is masked.
@@ -128,6 +135,12 @@ class StackedTrainer:
             return torch.autocast(self.device_type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
+    def tensors(self, replicas: torch.Tensor | None = None, detach: bool = False) -> dict[str, torch.Tensor]:
+        """Parameters and buffers, stacked (or the selected replicas)."""
+        params = {n: p.detach() if detach else p for n, p in self.params.items()}
+        out = {**params, **self.buffers}
+        return out if replicas is None else {n: t[replicas] for n, t in out.items()}
+
     # --- the hot loop -------------------------------------------------------------------------------
     def step(self) -> None:
         idx = self.order.indices(self.iteration)  # [streams, B]: the arms of a trial share a stream
@@ -137,7 +150,7 @@ class StackedTrainer:
         x = self.data.features(x)[self.stream_rows]  # [R, B, ...]
         y = self.data.y_train[idx][self.stream_rows]
         with self._precision():
-            logits = self.forwards.train(self.params, x, self.draws.at(self.iteration))
+            logits = self.forwards.train(self.tensors(), x, self.draws.at(self.iteration))
         # Sum over replicas of each replica's mean loss: each replica gets exactly its own gradient.
         loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum") / self.cfg.batch_size
         self.optimizer.zero_grad()
@@ -193,10 +206,10 @@ class StackedTrainer:
                           replicas: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean loss and accuracy per replica (or per selected replica) on (x, y), in large batches,
         without autograd."""
-        if replicas is not None and len(replicas) == 1:  # never a batch of one product (see the module doc)
-            loss, accuracy = self.loss_and_accuracy(x, y, replicas.repeat(2))
+        if replicas is not None and len(replicas) == 1 and not self.forwards.one_by_one:
+            loss, accuracy = self.loss_and_accuracy(x, y, replicas.repeat(2))  # never a batch of one product
             return loss[:1], accuracy[:1]
-        params = {n: p.detach() if replicas is None else p.detach()[replicas] for n, p in self.params.items()}
+        params = self.tensors(replicas, detach=True)
         size = self.size if replicas is None else len(replicas)
         total_loss = torch.zeros(size, device=x.device)
         correct = torch.zeros(size, device=x.device)
@@ -250,7 +263,7 @@ class StackedTrainer:
                 early_stop_test_accuracy=float(self.best_test_accuracy[r]),
                 final_test_accuracy=float(self.curves["test_accuracy"][-1][r]),
                 final_train_accuracy=float(train_acc[r]),
-                final={n: p[r].detach().clone() for n, p in self.params.items()},
+                final={n: t[r].detach().clone() for n, t in self.tensors().items()},
                 path={n: p[r].clone() for n, p in self.path.items()} if self.path else None,
             ))
         return out
@@ -261,6 +274,7 @@ class StackedTrainer:
         tensors (for safetensors, replica dimension first, or second for curves) and JSON metadata."""
         real = slice(0, self.count)
         tensors = {f"param.{n}": p.detach()[real] for n, p in self.params.items()}
+        tensors.update({f"buffer.{n}": b[real] for n, b in self.buffers.items()})
         buffers, steps_taken = self.optimizer.state()
         names = list(self.params)
         for key, values in buffers.items():
@@ -293,6 +307,7 @@ class StackedTrainer:
             return value
 
         params = {n: pick(f"param.{n}", p) for n, p in self.params.items()}
+        buffers = {n: pick(f"buffer.{n}", b) for n, b in self.buffers.items()}
         path = {n: pick(f"path.{n}", p) for n, p in self.path.items()}
         buffers, _ = self.optimizer.state()
         saved_buffers = {key: [pick(f"opt.{key}.{n}", p) for n, p in zip(self.params, self.params.values())]
@@ -308,6 +323,8 @@ class StackedTrainer:
         with torch.no_grad():
             for n, p in self.params.items():
                 p.copy_(params[n])
+            for n, b in self.buffers.items():
+                b.copy_(buffers[n])
             for n, p in self.path.items():
                 p.copy_(path[n])
             for previous, p in zip(self._previous, self._path_params):
