@@ -300,6 +300,7 @@ def _presets(args: argparse.Namespace) -> None:
     width = max(len(n) for n in PRESETS)
     for name, preset in PRESETS.items():
         print(f"{name:<{width}}  {preset.summary}")
+        print(f"{'':<{width}}  source: {preset.source}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,6 +12,9 @@ from .errors import UserError
 class Preset:
     summary: str
     build: Callable[[], RunConfig]
+    source: str = "Frankle & Carbin (ICLR 2019)"
+
+PAPER = "Frankle & Carbin (ICLR 2019)"
 
 
 def _lenet300(dataset: str, preset: str) -> RunConfig:
@@ -59,6 +62,20 @@ def _lenet300_dropout() -> RunConfig:
     return config
 
 
+def _conv_cifar10(name: str, lr: float, iterations: int, rate_conv: float) -> RunConfig:
+    # Frankle & Carbin (2019), Fig. 2 and App. H: Adam, batch 60, validation every 100 iterations on 5,000
+    # held-out training images, no augmentation; per round conv `rate_conv`, fc 20%, output 10%.
+    return RunConfig(
+        preset=f"{name}-cifar10",
+        trials=1,
+        arms=["imp", "reinit"],
+        data=DataConfig(dataset="cifar10", val_size=5000),
+        model=ModelConfig(name=name),
+        train=TrainConfig(optimizer="adam", lr=lr, batch_size=60, iterations=iterations, eval_every=100),
+        prune=PruneConfig(levels=14, rate_hidden=0.2, rate_output=0.1, rate_conv=rate_conv),
+    )
+
+
 PRESETS: dict[str, Preset] = {
     "mnist1d-mlp": Preset(
         "default: MLP 40-500-500-10 on MNIST-1D, tickets and reinit controls, 3 trials, 100% to 4.7%; minutes on 2 cores",
@@ -83,6 +100,18 @@ PRESETS: dict[str, Preset] = {
     "lenet300-fashion": Preset(
         "the paper's LeNet-300-100 protocol on Fashion-MNIST",
         lambda: _lenet300("fashion-mnist", "lenet300-fashion"),
+    ),
+    "conv2-cifar10": Preset(
+        "the paper: Conv-2 on CIFAR-10, Adam 2e-4, batch 60, 20K iterations, conv 10% / fc 20% / out 10%, + reinit",
+        lambda: _conv_cifar10("conv2", 2e-4, 20_000, 0.1), PAPER + ", Fig. 2 and App. H",
+    ),
+    "conv4-cifar10": Preset(
+        "the paper: Conv-4 on CIFAR-10, Adam 3e-4, batch 60, 25K iterations, conv 10% / fc 20% / out 10%, + reinit",
+        lambda: _conv_cifar10("conv4", 3e-4, 25_000, 0.1), PAPER + ", Fig. 2 and App. H",
+    ),
+    "conv6-cifar10": Preset(
+        "the paper: Conv-6 on CIFAR-10, Adam 3e-4, batch 60, 30K iterations, conv 15% / fc 20% / out 10%, + reinit",
+        lambda: _conv_cifar10("conv6", 3e-4, 30_000, 0.15), PAPER + ", Fig. 2 and App. H",
     ),
 }
 

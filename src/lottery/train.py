@@ -29,7 +29,7 @@ from .data.augment import AUGMENTATIONS, flip_crop
 from .forwards import StackedForward, StackedForwards, stacked_forward_for
 from .masks import Mask
 from .memory import fix_malloc_threshold
-from .sizing import eval_batch_for
+from .sizing import eval_batch_for, largest_activation
 from .optim import ReplicaOptimizer
 from .order import BatchOrder, ReplicaDraws
 
@@ -82,10 +82,13 @@ class StackedTrainer:
                  stream_seeds: list[int], start_iteration: int = 0, eval_batch: int | None = None,
                  track_path: bool = False, augment: str = "none", batching: str = "auto") -> None:
         device = data.x_train.device
-        fix_malloc_threshold()  # else heap fragmentation grows RSS without bound over long passes
         self.cfg, self.data = cfg, data
         self.forwards = stacked_forward_for(model, data.features(data.x_train[:2]), batching)
-        self.eval_batch = eval_batch or eval_batch_for(model, data.features(data.x_train[:1]))
+        example = data.features(data.x_train[:1])
+        self.eval_batch = eval_batch or eval_batch_for(model, example)
+        # Else heap fragmentation grows RSS without bound over long passes, or (too low) every large
+        # activation is a fresh mapping; see lottery.memory.
+        fix_malloc_threshold(4 * largest_activation(model, example) * cfg.batch_size)
         self.device_type = device.type
         self.count = len(replicas)  # the replicas asked for; a lone one may get a shadow copy (see the module doc)
         if len(replicas) == 1 and not self.forwards.one_by_one:
