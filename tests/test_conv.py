@@ -47,3 +47,28 @@ def test_unknown_kinds_are_refused(mnist1d, tmp_path):
         lottery.find_tickets(config, tmp_path / "run", data=mnist1d, roles={"layers.0.weight": "attention"},
                              options=lottery.RunOptions(progress=False))
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("name, total, conv, shortcut", [
+    ("vgg16", 14_715_584, 14_710_464, 0), ("vgg19", 20_024_000, 20_018_880, 0),
+    ("resnet20", 270_896, 270_256, 2_560),
+])
+def test_vgg_and_resnet_weight_counts(name, total, conv, shortcut):
+    model = _model(name)
+    roles = lottery.prunable_roles(model)
+    params = dict(model.named_parameters())
+    assert sum(params[n].numel() for n in roles) == total
+    assert sum(params[n].numel() for n, kind in roles.items() if kind == "conv") == conv
+    assert sum(params[n].numel() for n in roles if "shortcut" in n) == shortcut
+    assert roles["fc.weight"] == "output"
+    assert not any(".bn" in n or n.startswith("bn") for n in roles)  # BatchNorm is never prunable
+    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_resnet_depth_is_6n_plus_2():
+    deep = lottery.build_model(lottery.ModelConfig(name="resnet", depth=32), (3, 32, 32), 10)
+    assert sum(1 for m in deep.modules() if isinstance(m, torch.nn.Conv2d)) == 31 + 2  # 31 + fc = 32 layers; 2 shortcuts
+    config = lottery.get_preset("mnist1d-mlp")
+    config.model.name, config.model.depth = "resnet", 30
+    with pytest.raises(lottery.UserError, match="6n \\+ 2"):
+        lottery.config.validate(config)

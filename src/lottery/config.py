@@ -29,6 +29,7 @@ class ModelConfig:
     name: str = "mlp"
     hidden: list[int] = field(default_factory=lambda: [100, 100])  # used by `mlp`; fixed for named nets
     dropout: float = 0.0  # dropout rate on hidden activations during training (the paper's Section 4)
+    depth: int = 0  # `resnet` only: 6n + 2 layers (0: 20)
 
 
 @dataclass
@@ -78,7 +79,8 @@ class RunConfig:
     # directories keep their names (and resume) when the field appears.
     HASHED_UNLESS: typing.ClassVar[dict[str, Any]] = {"model.dropout": 0.0, "data.permute_fraction": 0.0,
                                                       "data.rotate_degrees": 0.0, "data.classes": [],
-                                                      "data.augment": "none", "prune.rate_conv": -1.0}
+                                                      "data.augment": "none", "prune.rate_conv": -1.0,
+                                                      "model.depth": 0}
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -217,6 +219,8 @@ def validate(config: RunConfig) -> None:
          f"data.augment must be one of {', '.join(AUGMENTATIONS)}, got {config.data.augment!r}"),
         (config.model.name in MODELS, f"unknown model {config.model.name!r}; known: {', '.join(MODELS)}"),
         (0 <= config.model.dropout < 1, f"model.dropout must be in [0, 1), got {config.model.dropout}"),
+        (config.model.depth == 0 or (config.model.depth >= 8 and (config.model.depth - 2) % 6 == 0),
+         f"model.depth must be 6n + 2 (20, 32, 44, 56, 110, ...) or 0, got {config.model.depth}"),
         (all(h >= 1 for h in config.model.hidden), f"model.hidden sizes must be positive, got {config.model.hidden}"),
         (t.optimizer in ("adam", "sgd"), f"unknown optimizer {t.optimizer!r}; known: adam, sgd"),
         (0 < t.lr <= MAX_LR, f"train.lr must be in (0, {MAX_LR:g}], got {t.lr}"),

@@ -68,8 +68,8 @@ def stacked_forward_for(model: nn.Module, example: torch.Tensor | None = None,
     - `loop`: one replica after another, each replica's weights an unbound slice of the stack. Chosen
       by `auto` for models with convolutions: measured on the 2-core CPU for Conv-2 at batch 60 in bf16,
       63 ms per replica-iteration against 176 ms for vmap (which turns R convolutions into one grouped
-      convolution, a slow kernel) and 57 ms for a plain single-network loop. A replica's arithmetic is
-      then its own whatever shares the pass.
+      convolution, a slow kernel) and 57 ms for a plain single-network loop; and for models with buffers
+      (BatchNorm). A replica's arithmetic is then its own whatever shares the pass.
     - `vmap`: one vmapped call over the stack (batched matmuls), for the other models.
     Buffers (BatchNorm running statistics) are stacked like the parameters and updated in place, each
     replica's own. `example` (a few inputs) lets this find out whether the module draws random numbers in
@@ -88,7 +88,9 @@ def stacked_forward_for(model: nn.Module, example: torch.Tensor | None = None,
             return functional_call(model, p, (x,))
         return one
 
-    loop = batching == "loop" or (batching == "auto" and has_convolutions(model))
+    # Buffers too: under vmap, BatchNorm's statistics of a replica came out differently in the last bits
+    # beside other replicas (measured), against invariant 7; one by one they cannot.
+    loop = batching == "loop" or (batching == "auto" and (has_convolutions(model) or any(True for _ in model.buffers())))
     if loop:
         each, shared = _one_by_one(call(False)), _one_by_one(call(False), shared_input=True)
     else:

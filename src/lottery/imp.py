@@ -20,11 +20,11 @@ from .devices import check_device
 from .errors import UserError
 from .forwards import check_model_output
 from .lineage import LineageCheck
-from .models import build_model, prunable_roles
+from .models import build_model, parameter_names, prunable_roles
 from .order import derive_seed
 from .passes import finish_pass, resume, train_with_checkpoints
 from .progress import Progress
-from .prune import KINDS
+from .prune import KINDS, unmatched_patterns
 from .results import RESULT_COLUMNS, collect_results
 from .runinfo import claim
 from .sizing import eval_batch_for, replicas_per_pass
@@ -95,20 +95,35 @@ def find_tickets(config: RunConfig, run_dir: Path | str, *, model_fn: ModelFn | 
         model_fn = lambda: build_model(spec, data.input_shape, data.num_classes)  # noqa: E731
     model = model_fn().to(options.device)
     check_model_output(model, data.features(data.x_train[:2]), data.num_classes)
-    roles = dict(roles) if roles is not None else prunable_roles(model)
-    params = dict(model.named_parameters())
-    kinds = sorted({k for k in roles.values() if k not in KINDS})
-    if kinds:
-        raise UserError(f"unknown kind {kinds[0]!r} in roles; kinds are {', '.join(KINDS)}")
-    unknown = [n for n in [*roles, *config.prune.ignore] if n not in params]
-    if unknown:
-        raise UserError(f"not parameters of the model: {', '.join(unknown)}")
+    roles = _canonical_roles(model, roles)
+    unmatched = unmatched_patterns(config.prune.ignore, roles)
+    if unmatched:
+        raise UserError(f"prune.ignore: {unmatched[0]!r} matches none of the prunable tensors "
+                        f"({', '.join(sorted(roles)[:6])}{', ...' if len(roles) > 6 else ''})")
 
     store = RunStore(run_dir)
     with hold_run(store.root, command="lottery find"):
         claim(store, config, model)
         _Procedure(config, store, model, model_fn, data, roles, options).run()
     return store.root
+
+
+def _canonical_roles(model: nn.Module, roles: dict[str, str] | None) -> dict[str, str]:
+    """The prunable tensors by canonical name (a tied weight, reachable by two names, is one tensor)."""
+    if roles is None:
+        return prunable_roles(model)
+    names = parameter_names(model)
+    unknown = [n for n in roles if n not in names]
+    if unknown:
+        raise UserError(f"not parameters of the model: {', '.join(unknown)}")
+    kinds = sorted({k for k in roles.values() if k not in KINDS})
+    if kinds:
+        raise UserError(f"unknown kind {kinds[0]!r} in roles; kinds are {', '.join(KINDS)}")
+    canonical: dict[str, str] = {}
+    for name, kind in roles.items():
+        if canonical.setdefault(names[name], kind) != kind:
+            raise UserError(f"{name} is tied to {names[name]}: one tensor, one kind; roles give it two")
+    return canonical
 
 
 class _Procedure:

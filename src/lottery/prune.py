@@ -1,8 +1,9 @@
 """Scores + rates + scope -> the next mask. Counts are exact: ties never change how many are kept."""
 from __future__ import annotations
 
+import fnmatch
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import torch
 
@@ -32,6 +33,18 @@ def keep_top(scores: Mapping[str, torch.Tensor], mask: Mapping[str, torch.Tensor
         out[n] = new_flat[start:start + size].view_as(mask[n]).clone()
         start += size
     return out
+
+
+def ignored_names(patterns: Iterable[str], names: Iterable[str]) -> list[str]:
+    """The prunable tensors that `prune.ignore` leaves dense: names matching any pattern (fnmatch-style,
+    case-sensitive: `fc.weight`, `*shortcut*`, `blocks.0.*`), in name order."""
+    patterns = list(patterns)
+    return sorted(n for n in names if any(fnmatch.fnmatchcase(n, p) for p in patterns))
+
+
+def unmatched_patterns(patterns: Iterable[str], names: Iterable[str]) -> list[str]:
+    names = list(names)
+    return [p for p in patterns if not ignored_names([p], names)]
 
 
 KINDS = ("conv", "hidden", "output")  # of prunable tensors: convolutions, fully-connected, the output layer

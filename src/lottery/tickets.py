@@ -17,7 +17,7 @@ from .config import RunConfig
 from .criteria import score_weights
 from .lineage import mask_lineage, record
 from .order import derive_seed
-from .prune import prune_one_shot, prune_round
+from .prune import ignored_names, prune_one_shot, prune_round
 from .store import RunStore, load_tensors, save_tensors, tensor_digest
 
 ModelFn = Callable[[], nn.Module]
@@ -67,10 +67,11 @@ class Tickets:
         trained, scores = self.scores(trial, source, list(self.roles), seed_level=level)
         lineage = mask_lineage(trained, p.criterion, derive_seed(self.config.seed, "criterion", trial, level))
         conv = self.config.conv_rate()
+        ignore = ignored_names(p.ignore, self.roles)
         if p.one_shot:
             return prune_one_shot(scores, previous, self.roles, p.rate_hidden, p.rate_output, p.one_shot[level - 1],
-                                  p.scope, p.ignore, conv), lineage
-        return prune_round(scores, previous, self.roles, p.rate_hidden, p.rate_output, p.scope, p.ignore,
+                                  p.scope, ignore, conv), lineage
+        return prune_round(scores, previous, self.roles, p.rate_hidden, p.rate_output, p.scope, ignore,
                            conv), lineage
 
     def scores(self, trial: int, trained_level: int, names: list[str],

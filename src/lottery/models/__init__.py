@@ -9,6 +9,8 @@ from torch import nn
 from ..config import ModelConfig
 from .conv import PLANS, ConvNet
 from .mlp import MLP
+from .resnet import ResNet
+from .vgg import VGG, VGG_PLANS
 
 ModelBuilder = Callable[[ModelConfig, tuple[int, ...], int], nn.Module]
 
@@ -21,13 +23,32 @@ def _mlp(config: ModelConfig, input_shape: tuple[int, ...], num_classes: int) ->
     return MLP(math.prod(input_shape), list(config.hidden), num_classes, config.dropout)
 
 
+def _needs_images(name: str, input_shape: tuple[int, ...]) -> None:
+    if len(input_shape) != 3:
+        from ..errors import UserError
+
+        raise UserError(f"{name} needs images [C, H, W]; the data's inputs are {input_shape}")
+
+
 def _conv(name: str) -> ModelBuilder:
     def build(config: ModelConfig, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
-        if len(input_shape) != 3:
-            from ..errors import UserError
-
-            raise UserError(f"{name} needs images [C, H, W]; the data's inputs are {input_shape}")
+        _needs_images(name, input_shape)
         return ConvNet(PLANS[name], input_shape, num_classes)
+    return build
+
+
+def _vgg(name: str) -> ModelBuilder:
+    def build(config: ModelConfig, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+        _needs_images(name, input_shape)
+        return VGG(VGG_PLANS[name], input_shape[0], num_classes)
+    return build
+
+
+def _resnet(fixed_depth: int | None) -> ModelBuilder:
+    """`resnet20` has depth 20; `resnet` takes model.depth (6n + 2; 0 means 20)."""
+    def build(config: ModelConfig, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+        _needs_images("resnet", input_shape)
+        return ResNet(fixed_depth or config.depth or 20, input_shape[0], num_classes)
     return build
 
 
@@ -37,6 +58,10 @@ MODELS: dict[str, ModelBuilder] = {
     "conv2": _conv("conv2"),
     "conv4": _conv("conv4"),
     "conv6": _conv("conv6"),
+    "vgg16": _vgg("vgg16"),
+    "vgg19": _vgg("vgg19"),
+    "resnet20": _resnet(20),
+    "resnet": _resnet(None),
 }
 
 PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -46,19 +71,33 @@ def build_model(config: ModelConfig, input_shape: tuple[int, ...], num_classes: 
     return MODELS[config.name](config, input_shape, num_classes)
 
 
+def parameter_names(model: nn.Module) -> dict[str, str]:
+    """Every name a parameter is reachable by -> its one canonical name (the first, as named_parameters
+    gives it). Tied weights, one tensor in two modules, have two names and one canonical name."""
+    canonical = {id(p): n for n, p in model.named_parameters()}
+    return {n: canonical[id(p)] for n, p in model.named_parameters(remove_duplicate=False)}
+
+
 def prunable_roles(model: nn.Module) -> dict[str, str]:
     """Parameter name -> kind ("conv", "hidden" for fully-connected, or "output") for the weights of
     Linear and Conv layers; each kind has its own pruning rate.
 
     Chosen by module type, never by name: BatchNorm scales and biases are also called `weight`/`bias`.
-    The last such layer in registration order is the output layer.
+    The last such layer in registration order is the output layer. A weight tied between layers is one
+    prunable tensor (one mask), named canonically, of the kind of its first layer (or "output" if one of
+    its layers is the output layer).
     """
-    layers = [(f"{prefix}.weight" if prefix else "weight", module) for prefix, module in model.named_modules()
-              if isinstance(module, PRUNABLE_TYPES)]
+    canonical = {id(p): n for n, p in model.named_parameters()}
+    layers = [module for module in model.modules() if isinstance(module, PRUNABLE_TYPES)]
     if not layers:
         raise ValueError("the model has no Linear or Conv layers to prune")
-    return {name: "output" if i == len(layers) - 1 else "hidden" if isinstance(module, nn.Linear) else "conv"
-            for i, (name, module) in enumerate(layers)}
+    roles: dict[str, str] = {}
+    for i, module in enumerate(layers):
+        name = canonical[id(module.weight)]
+        kind = "output" if i == len(layers) - 1 else "hidden" if isinstance(module, nn.Linear) else "conv"
+        if name not in roles or kind == "output":
+            roles[name] = kind
+    return roles
 
 
-__all__ = ["ConvNet", "MLP", "MODELS", "build_model", "prunable_roles"]
+__all__ = ["ConvNet", "MLP", "ResNet", "VGG", "MODELS", "build_model", "parameter_names", "prunable_roles"]
