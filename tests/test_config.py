@@ -60,3 +60,15 @@ def test_run_names_of_existing_presets_are_stable():
     config = lottery.get_preset("lenet300-mnist-paper")
     config.model.dropout = 0.5
     assert config.run_hash() != "46048bbe0f"
+
+
+def test_fewer_iterations_on_a_preset_scale_its_schedule():
+    from lottery.config import scale_schedule
+
+    config = lottery.get_preset("resnet20-cifar10")
+    scale_schedule(config, 6256)
+    assert config.train.milestones == [3128, 4692] and config.prune.rewind_iteration == 50
+    tiny = lottery.get_preset("resnet20-cifar10")
+    scale_schedule(tiny, 20)
+    assert tiny.train.milestones == [10, 15] and tiny.prune.rewind_iteration == 1
+    lottery.config.validate(tiny)

@@ -8,7 +8,7 @@ from collections import defaultdict
 from pathlib import Path
 from statistics import mean
 
-from .config import RunConfig, apply_overrides, set_value, validate
+from .config import RunConfig, apply_overrides, scale_schedule, set_value, validate
 from .errors import UserError
 
 
@@ -125,6 +125,8 @@ def build_config(args: argparse.Namespace) -> RunConfig:
     from .presets import DEFAULT_PRESET, get_preset
 
     config = get_preset(args.preset or DEFAULT_PRESET)
+    if args.iterations is not None:
+        scale_schedule(config, args.iterations)
     named = {"prune.levels": args.levels, "trials": args.trials, "train.iterations": args.iterations,
              "prune.rewind_iteration": args.rewind_iteration, "prune.scope": args.scope,
              "prune.criterion": args.criterion,

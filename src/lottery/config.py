@@ -253,6 +253,21 @@ def validate(config: RunConfig) -> None:
             raise UserError(message)
 
 
+def scale_schedule(config: RunConfig, iterations: int) -> None:
+    """--iterations N on a preset keeps the shape of its schedule: warmup, learning-rate milestones and the
+    rewind iteration move in proportion (a rewind point stays at iteration 1 or later), so a short run of
+    `resnet20-cifar10` warms up, decays and rewinds like the full one, only sooner."""
+    t, p, full = config.train, config.prune, config.train.iterations
+    if iterations < 1 or iterations == full:
+        return
+    def scaled(i: int) -> int:
+        return round(i * iterations / full)
+    t.warmup = scaled(t.warmup)
+    t.milestones = [m for m in (scaled(m) for m in t.milestones) if 0 < m < iterations]
+    if p.rewind_iteration:
+        p.rewind_iteration = min(max(1, scaled(p.rewind_iteration)), iterations - 1) if iterations > 1 else 0
+
+
 def to_toml(config: RunConfig) -> str:
     def fmt(value: Any) -> str:
         if isinstance(value, bool):

@@ -76,6 +76,28 @@ def _conv_cifar10(name: str, lr: float, iterations: int, rate_conv: float) -> Ru
     )
 
 
+def _cifar10_sgd(preset: str, model: str, *, lr: float, batch: int, iterations: int, milestones: list[int],
+                warmup: int, ignore: list[str], rewind: int) -> RunConfig:
+    # SGD with momentum 0.9 and weight decay 1e-4 (the CIFAR recipe of He et al. 2016 that both papers
+    # follow), flip-crop augmentation, global magnitude pruning of 20% per level over every conv and
+    # linear weight except `ignore`; 5,000 training images held out for validation.
+    return RunConfig(
+        preset=preset,
+        trials=1,
+        arms=["imp", "reinit"],
+        data=DataConfig(dataset="cifar10", val_size=5000, augment="flip-crop"),
+        model=ModelConfig(name=model),
+        train=TrainConfig(optimizer="sgd", lr=lr, momentum=0.9, weight_decay=1e-4, batch_size=batch,
+                          iterations=iterations, eval_every=1000 if iterations > 20_000 else 500,
+                          warmup=warmup, milestones=milestones),
+        prune=PruneConfig(levels=20, scope="global", rate_hidden=0.2, rate_output=0.2, ignore=ignore,
+                          rewind_iteration=rewind),
+    )
+
+
+EPOCH_128 = 391  # iterations per epoch at batch 128 over CIFAR-10's 50,000 training images
+MODERN = "open_lth's CIFAR defaults (Frankle et al., ICML 2020: rewinding)"
+
 PRESETS: dict[str, Preset] = {
     "mnist1d-mlp": Preset(
         "default: MLP 40-500-500-10 on MNIST-1D, tickets and reinit controls, 3 trials, 100% to 4.7%; minutes on 2 cores",
@@ -112,6 +134,37 @@ PRESETS: dict[str, Preset] = {
     "conv6-cifar10": Preset(
         "the paper: Conv-6 on CIFAR-10, Adam 3e-4, batch 60, 30K iterations, conv 15% / fc 20% / out 10%, + reinit",
         lambda: _conv_cifar10("conv6", 3e-4, 30_000, 0.15), PAPER + ", Fig. 2 and App. H",
+    ),
+    "vgg19-cifar10": Preset(
+        "the paper's Sec. 5: VGG-19 (BN), SGD 0.1 with 10K warmup, batch 64, 112K iterations, /10 at 56K and 84K, "
+        "global 20% over conv layers",
+        lambda: _cifar10_sgd("vgg19-cifar10", "vgg19", lr=0.1, batch=64, iterations=112_000,
+                             milestones=[56_000, 84_000], warmup=10_000, ignore=["fc.weight"], rewind=0),
+        PAPER + ", Sec. 5 and App. I (VGG-19 with warmup)",
+    ),
+    "resnet20-cifar10-paper": Preset(
+        "the paper's Sec. 5: its 'Resnet-18' (ResNet-20), SGD 0.03 with 20K warmup, batch 128, 30K iterations, "
+        "/10 at 20K and 25K, global 20% over conv layers (shortcuts and output dense)",
+        lambda: _cifar10_sgd("resnet20-cifar10-paper", "resnet20", lr=0.03, batch=128, iterations=30_000,
+                             milestones=[20_000, 25_000], warmup=20_000, ignore=["fc.weight", "*shortcut*"],
+                             rewind=0),
+        PAPER + ", Sec. 5 and App. I (Resnet-18 with warmup)",
+    ),
+    "resnet20-cifar10": Preset(
+        "modern protocol: ResNet-20, SGD 0.1, wd 1e-4, batch 128, 160 epochs (62,560 it.), /10 at epochs 80 "
+        "and 120, flip-crop, global 20% (output dense), rewind to iteration 500",
+        lambda: _cifar10_sgd("resnet20-cifar10", "resnet20", lr=0.1, batch=128, iterations=160 * EPOCH_128,
+                             milestones=[80 * EPOCH_128, 120 * EPOCH_128], warmup=0, ignore=["fc.weight"],
+                             rewind=500),
+        MODERN,
+    ),
+    "vgg16-cifar10": Preset(
+        "modern protocol: VGG-16 (BN), SGD 0.1, wd 1e-4, batch 128, 160 epochs (62,560 it.), /10 at epochs 80 "
+        "and 120, flip-crop, global 20% (output dense), rewind to iteration 1000",
+        lambda: _cifar10_sgd("vgg16-cifar10", "vgg16", lr=0.1, batch=128, iterations=160 * EPOCH_128,
+                             milestones=[80 * EPOCH_128, 120 * EPOCH_128], warmup=0, ignore=["fc.weight"],
+                             rewind=1000),
+        MODERN,
     ),
 }
 
