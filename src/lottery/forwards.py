@@ -17,7 +17,8 @@ from torch.func import functional_call, vmap
 from .order import ReplicaDraws
 
 Params = dict[str, torch.Tensor]
-TrainForward = Callable[[Params, torch.Tensor, ReplicaDraws], torch.Tensor]
+# Training forwards computed one by one also take a list of per-replica dicts (see StackedTrainer).
+TrainForward = Callable[[Params | list[Params], torch.Tensor, ReplicaDraws], torch.Tensor]
 StackedForward = Callable[[Params, torch.Tensor], torch.Tensor]
 
 
@@ -111,9 +112,12 @@ def _fast_layout(x: torch.Tensor) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
 
 
-def _rows(p: Params) -> list[Params]:
-    """Each replica's tensors: slices of the stack from one unbind per tensor, so autograd stacks the
-    gradients once rather than scattering each replica's into a zero tensor of the whole stack."""
+def _rows(p: Params | list[Params]) -> list[Params]:
+    """Each replica's tensors: given as such (the trainer's per-replica leaves), or slices of the stack
+    from one unbind per tensor (so autograd stacks the gradients once rather than scattering each
+    replica's into a zero tensor of the whole stack)."""
+    if isinstance(p, list):
+        return p
     unbound = {n: v.unbind(0) for n, v in p.items()}
     count = len(next(iter(unbound.values())))
     return [{n: rows[r] for n, rows in unbound.items()} for r in range(count)]

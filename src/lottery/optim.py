@@ -46,9 +46,11 @@ class ReplicaOptimizer:
         return [row for t in tensors for row in t.unbind(0)]
 
     @torch.no_grad()
-    def step(self) -> None:
+    def step(self, grads: list[torch.Tensor] | None = None) -> None:
+        """One step; `grads` (replica slices in parameter-major order, like the parameters') default to
+        the slices of each stacked parameter's .grad."""
         params = self._param_slices
-        grads = self._slices([p.grad for p in self.params])
+        grads = grads if grads is not None else self._slices([p.grad for p in self.params])
         kind = {"fused": True} if self.fused else {"foreach": True}
         if self.cfg.optimizer == "adam":
             adam_step(params, grads, self._buffer_slices["exp_avg"], self._buffer_slices["exp_avg_sq"],
