@@ -169,7 +169,7 @@ def main() -> None:
             config = lottery.get_preset(PRESETS[model_name])
             config.train.precision = precision
             fn = lambda n=model_name: lottery.build_model(lottery.ModelConfig(name=n), data.input_shape, 10)  # noqa: E731
-            flops = 3 * forward_flops(fn(), data.features(data.x_train[:1])) * config.train.batch_size
+            flops = 3 * forward_flops(fn().to(device), data.features(data.x_train[:1])) * config.train.batch_size
             for replicas in [int(r) for r in args.replicas.split(",")]:
                 reference = plain(config, fn, data, replicas, args.iterations, device)
                 for batching in args.batching.split(","):

@@ -90,6 +90,10 @@ class StackedTrainer:
         # activation is a fresh mapping; see lottery.memory.
         fix_malloc_threshold(4 * largest_activation(model, example) * cfg.batch_size)
         self.device_type = device.type
+        if device.type == "cuda":
+            # cuDNN may pick a convolution algorithm by timing, or one that sums with atomics; either would
+            # make a replica's bits depend on the run. Deterministic algorithms, chosen by shape alone.
+            torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
         self.count = len(replicas)  # the replicas asked for; a lone one may get a shadow copy (see the module doc)
         if len(replicas) == 1 and not self.forwards.one_by_one:
             replicas = replicas * 2
