@@ -46,6 +46,10 @@ class TrainConfig:
     milestones: list[int] = field(default_factory=list)  # iterations where lr *= gamma
     gamma: float = 0.1
     precision: str = "float32"  # float32 | bf16 (bf16 matmuls under autocast, float32 master weights)
+    # auto: bit for bit per replica (conv/BN nets one by one, MLPs as batched matmuls); vmap: one vmapped
+    # call over the pass, several times faster for conv nets on a GPU but a replica's last bits then
+    # depend on what shares its pass; loop: one by one (see lottery.forwards).
+    batching: str = "auto"
     test_curves: bool = False  # test set at every evaluation; else only where validation improves (same metrics)
 
 
@@ -80,7 +84,8 @@ class RunConfig:
     HASHED_UNLESS: typing.ClassVar[dict[str, Any]] = {"model.dropout": 0.0, "data.permute_fraction": 0.0,
                                                       "data.rotate_degrees": 0.0, "data.classes": [],
                                                       "data.augment": "none", "prune.rate_conv": -1.0,
-                                                      "model.depth": 0}
+                                                      "model.depth": 0,
+                                                      "train.batching": "auto"}
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -233,6 +238,7 @@ def validate(config: RunConfig) -> None:
         (all(m > 0 for m in t.milestones), f"train.milestones must be positive iterations, got {t.milestones}"),
         (0 < t.gamma <= 1, f"train.gamma must be in (0, 1] (the learning rate is multiplied by it), got {t.gamma}"),
         (t.precision in ("float32", "bf16"), f"train.precision must be float32 or bf16, got {t.precision!r}"),
+        (t.batching in ("auto", "loop", "vmap"), f"train.batching must be auto, loop or vmap, got {t.batching!r}"),
         (p.criterion in CRITERIA, f"unknown criterion {p.criterion!r}; known: {', '.join(CRITERIA)}"),
         (p.scope in ("layerwise", "global"), f"scope must be layerwise or global, got {p.scope!r}"),
         (0 < p.rate_hidden < 1, f"prune.rate_hidden must be in (0, 1), got {p.rate_hidden}"),

@@ -95,6 +95,9 @@ def find_tickets(config: RunConfig, run_dir: Path | str, *, model_fn: ModelFn | 
         model_fn = lambda: build_model(spec, data.input_shape, data.num_classes)  # noqa: E731
     model = model_fn().to(options.device)
     check_model_output(model, data.features(data.x_train[:2]), data.num_classes)
+    if config.train.batching == "vmap" and config.train.precision == "bf16" and any(True for _ in model.buffers()):
+        raise UserError("train.batching=vmap with precision bf16 fails for models with buffers (vmap's batch norm "
+                        "under autocast, measured); use precision float32 or batching auto")
     roles = _canonical_roles(model, roles)
     unmatched = unmatched_patterns(config.prune.ignore, roles)
     if unmatched:

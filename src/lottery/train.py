@@ -80,10 +80,10 @@ class StackedTrainer:
 
     def __init__(self, model: nn.Module, replicas: list[ReplicaSpec], data: Dataset, cfg: TrainConfig,
                  stream_seeds: list[int], start_iteration: int = 0, eval_batch: int | None = None,
-                 track_path: bool = False, augment: str = "none", batching: str = "auto") -> None:
+                 track_path: bool = False, augment: str = "none", batching: str | None = None) -> None:
         device = data.x_train.device
         self.cfg, self.data = cfg, data
-        self.forwards = stacked_forward_for(model, data.features(data.x_train[:2]), batching)
+        self.forwards = stacked_forward_for(model, data.features(data.x_train[:2]), batching or cfg.batching)
         example = data.features(data.x_train[:1])
         self.eval_batch = eval_batch or eval_batch_for(model, example)
         # Else heap fragmentation grows RSS without bound over long passes, or (too low) every large
