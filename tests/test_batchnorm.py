@@ -182,3 +182,15 @@ def test_prune_ignore_takes_patterns_and_refuses_one_that_matches_nothing(tmp_pa
     with pytest.raises(lottery.UserError, match="matches none of the prunable tensors"):
         lottery.find_tickets(config, tmp_path / "run", data=lottery.load_dataset("mnist1d"),
                              options=lottery.RunOptions(progress=False))
+
+
+def test_vmap_batching_is_refused_with_bf16_for_a_batchnorm_model_before_anything_is_written(tmp_path, mnist1d):
+    config = tiny_config(levels=1)
+    config.train.batching, config.train.precision = "vmap", "bf16"
+    with pytest.raises(lottery.UserError, match="batching=vmap with precision bf16"):
+        lottery.find_tickets(config, tmp_path / "run", model_fn=NormedMLP, data=mnist1d,
+                             options=lottery.RunOptions(progress=False))
+    assert not (tmp_path / "run").exists()
+    config.train.batching = "sideways"
+    with pytest.raises(lottery.UserError, match="train.batching must be"):
+        lottery.config.validate(config)
