@@ -65,11 +65,13 @@ def test_training_starts_bit_for_bit_from_the_given_weights(mnist1d):
             assert torch.equal(value[r].detach(), expected)
 
 
-@pytest.mark.parametrize("precision, optimizer", [("float32", "adam"), ("bf16", "adam"), ("float32", "sgd")])
-def test_stacked_replicas_train_like_networks_trained_one_by_one_bit_for_bit(mnist1d, precision, optimizer):
+@pytest.mark.parametrize("precision, optimizer, test_curves", [("float32", "adam", True), ("bf16", "adam", True),
+                                                               ("float32", "sgd", True), ("float32", "adam", False)])
+def test_stacked_replicas_train_like_networks_trained_one_by_one_bit_for_bit(mnist1d, precision, optimizer,
+                                                                              test_curves):
     """Invariant 7 at the trainer: alone, in a stack of 3, or beside other networks, the same bits."""
     train = TrainConfig(optimizer=optimizer, lr=3e-3 if optimizer == "adam" else 0.05, batch_size=50,
-                        iterations=150, eval_every=50, precision=precision, test_curves=True)
+                        iterations=150, eval_every=50, precision=precision, test_curves=test_curves)
     model, specs = _sparse_specs(mnist1d, 3)
     together = StackedTrainer(model, specs, mnist1d, train, [101, 102, 103])
     together.run(train.iterations)
@@ -80,7 +82,7 @@ def test_stacked_replicas_train_like_networks_trained_one_by_one_bit_for_bit(mni
         single = alone.results()[0]
         for name in single.final:
             assert torch.equal(stacked[r].final[name], single.final[name]), name
-        assert stacked[r].curves == single.curves
+        assert str(stacked[r].curves) == str(single.curves)  # NaN where the test set did not run
         assert stacked[r].metrics() == single.metrics()
 
 

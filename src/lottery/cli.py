@@ -43,8 +43,8 @@ def _parser() -> argparse.ArgumentParser:
                       "from model size, free memory and device)")
     find.add_argument("--checkpoint-seconds", type=float, default=60.0, help="checkpoint a training pass this often")
     find.add_argument("--test-curves", action=argparse.BooleanOptionalAction, default=None,
-                      help="evaluate the test set at every evaluation (full test curves); without it, only where "
-                           "validation loss improves, which gives the same metrics faster")
+                      help="evaluate the test set at every evaluation (full test curves); without it, once per network "
+                           "on its weights at the early-stop iteration, which gives the same metrics faster")
     find.add_argument("--precision", help="float32 (default) or bf16 (bf16 matmuls, float32 master weights)")
     find.add_argument("--no-progress", action="store_true", help="no progress bars")
     find.add_argument("--report", action="store_true", help="write the report when the run ends")

@@ -50,7 +50,7 @@ class TrainConfig:
     # call over the pass, several times faster for conv nets on a GPU but a replica's last bits then
     # depend on what shares its pass; loop: one by one (see lottery.forwards).
     batching: str = "auto"
-    test_curves: bool = False  # test set at every evaluation; else only where validation improves (same metrics)
+    test_curves: bool = False  # test set at every evaluation; else at the early-stop iteration and the end (same metrics)
 
 
 @dataclass

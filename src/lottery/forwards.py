@@ -7,6 +7,7 @@ own stream (`ReplicaDraws`); a user module that draws from torch's global genera
 """
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -14,6 +15,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, vmap
 
+from .memory import Workspace
 from .order import ReplicaDraws
 
 Params = dict[str, torch.Tensor]
@@ -79,9 +81,11 @@ def stacked_forward_for(model: nn.Module, example: torch.Tensor | None = None,
         raise ValueError(f"batching must be one of {', '.join(BATCHINGS)}, got {batching!r}")
     own = getattr(model, "stacked_forward", None)
     if callable(own) and batching == "auto":
+        # This forward's own workspace, where the model takes one: evaluation reuses its activations.
+        reuse = {"workspace": Workspace()} if "workspace" in inspect.signature(own).parameters else {}
         return StackedForwards(lambda p, x, draws: own(p, x, shared=False, train=True, draws=draws),
                                lambda p, x: own(p, x, shared=False, train=False),
-                               lambda p, x: own(p, x, shared=True, train=False))
+                               lambda p, x: own(p, x, shared=True, train=False, **reuse))
 
     def call(train: bool) -> Callable[[Params, torch.Tensor], torch.Tensor]:
         def one(p: Params, x: torch.Tensor) -> torch.Tensor:

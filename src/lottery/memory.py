@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import math
 import sys
+
+import torch
 
 M_MMAP_THRESHOLD = -3  # from glibc's malloc.h
 # 4 MiB: RSS plateaus (577 -> 603 MB over 1,600 mixed steps and evaluations, then flat), and training-step
@@ -41,3 +44,26 @@ def fix_malloc_threshold(largest_tensor_bytes: int = 0) -> bool:
         return False
     _threshold = wanted
     return True
+
+
+class Workspace:
+    """Scratch tensors reused from call to call, so a hot loop allocates (and page-faults) nothing in
+    steady state. `take(key, shape, like)` returns a tensor of that shape (with `like`'s dtype and device)
+    backed by the key's buffer, which only ever grows: a smaller request is a prefix view of it. The
+    contents are whatever was left there. Owned by one caller (one trainer's forward); never shared, so
+    two live results never alias."""
+
+    def __init__(self) -> None:
+        self._buffers: dict[str, torch.Tensor] = {}
+
+    def take(self, key: str, shape: tuple[int, ...] | torch.Size, like: torch.Tensor) -> torch.Tensor:
+        numel = math.prod(shape)
+        buffer = self._buffers.get(key)
+        if (buffer is None or buffer.numel() < numel or buffer.dtype != like.dtype
+                or buffer.device != like.device):
+            buffer = self._buffers[key] = torch.empty(numel, device=like.device, dtype=like.dtype)
+        return buffer[:numel].view(shape)
+
+    @property
+    def bytes(self) -> int:
+        return sum(b.numel() * b.element_size() for b in self._buffers.values())

@@ -66,12 +66,12 @@ def available_memory(device: torch.device | str) -> int:
 
 
 def bytes_per_replica(model: nn.Module, eval_batch: int, batch_size: int) -> int:
-    """float32 weights, gradients, two Adam moments, a mask and a bf16 copy; plus activations of the
-    largest evaluation chunk and of a training batch (with autograd's saved tensors, ~3x)."""
+    """float32 weights, gradients, two Adam moments, a mask, a bf16 copy and the early-stop snapshot; plus
+    activations of the largest evaluation chunk and of a training batch (with autograd's saved tensors, ~3x)."""
     params = sum(p.numel() for p in model.parameters())
     outputs = sum(m.out_features for m in model.modules() if isinstance(m, nn.Linear))
     outputs += sum(m.out_channels for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd)) * 1024
-    return 4 * params * 6 + 4 * max(outputs, 1) * (eval_batch + 3 * batch_size)
+    return 4 * params * 7 + 4 * max(outputs, 1) * (eval_batch + 3 * batch_size)
 
 
 def replicas_per_pass(model: nn.Module, device: torch.device | str, eval_batch: int, batch_size: int,

@@ -26,9 +26,10 @@ from torch import nn
 from .config import TrainConfig
 from .data import Dataset
 from .data.augment import AUGMENTATIONS, flip_crop
-from .forwards import StackedForward, StackedForwards, stacked_forward_for
+from .early_stop import EarlyStop
+from .forwards import StackedForward, StackedForwards, at_least_two, stacked_forward_for
 from .masks import Mask
-from .memory import fix_malloc_threshold
+from .memory import Workspace, fix_malloc_threshold
 from .sizing import eval_batch_for, largest_activation
 from .optim import ReplicaOptimizer
 from .order import BatchOrder, ReplicaDraws
@@ -100,8 +101,14 @@ class StackedTrainer:
         self.size = len(replicas)
         names = [n for n, _ in model.named_parameters()]
         one_by_one = self.forwards.one_by_one
+        # A model's own backward by hand (the built-in MLPs), which allocates nothing per step; float32
+        # only, and only on the model's own forward.
+        make_backprop = getattr(model, "stacked_backprop", None)
+        self.backprop = (make_backprop(self.size, cfg.batch_size, device)
+                         if callable(make_backprop) and (batching or cfg.batching) == "auto" and not one_by_one
+                         and cfg.precision == "float32" else None)
         self.params = {n: torch.stack([r.start[n].detach().to(device, torch.float32) for r in replicas])
-                       .contiguous().requires_grad_(not one_by_one) for n in names}
+                       .contiguous().requires_grad_(not one_by_one and self.backprop is None) for n in names}
         # Buffers (BatchNorm running statistics and counters): each replica's own, updated in place by
         # the training forward, part of the start and of every checkpoint and result.
         self.buffers = {n: torch.stack([r.start[n].detach().to(device) for r in replicas]).contiguous()
@@ -126,6 +133,10 @@ class StackedTrainer:
             self._leaves = [row[n] for n in names for row in self.rows]
             self._masked_leaves = [row[n] for n in self.mask_names for row in self.rows]
             self.mask_list = [m for n in self.mask_names for m in self.masks[n].unbind(0)]
+        self._workspace = Workspace()
+        if self.backprop is not None:  # fixed buffers: their slices are taken once
+            self._backprop_grads = [row for n in names for row in self.backprop.grads[n].unbind(0)]
+            self._backprop_masked = [self.backprop.grads[n] for n in self.mask_names]
         self.optimizer = ReplicaOptimizer(cfg, list(self.params.values()))
         # Path length Σt |θt+1 − θt| of every prunable weight, for the `path` criterion only.
         self.path = {n: torch.zeros_like(self.params[n]) for n in self.masks} if track_path else {}
@@ -142,9 +153,7 @@ class StackedTrainer:
         self.start_iteration = start_iteration
         self.eval_iterations: list[int] = []
         self.curves: dict[str, list[torch.Tensor]] = {k: [] for k in CURVES}
-        self.best_val_loss = torch.full((self.size,), math.inf, device=device)
-        self.best_iteration = torch.full((self.size,), start_iteration, dtype=torch.long, device=device)
-        self.best_test_accuracy = torch.zeros(self.size, device=device)
+        self.early_stop = EarlyStop(self.size, start_iteration, device)
         self.test_evaluations = 0  # replica test passes run so far (for benchmarks)
         self._lr = cfg.lr
 
@@ -163,11 +172,17 @@ class StackedTrainer:
     # --- the hot loop -------------------------------------------------------------------------------
     def step(self) -> None:
         idx = self.order.indices(self.iteration)  # [streams, B]: the arms of a trial share a stream
+        if self.backprop is not None and self.augment == "none" and self.data.x_train.dtype == torch.float32:
+            self._step_by_hand(*self._gather(idx))
+            return
         x = self.data.x_train[idx]
         if self.augment == "flip-crop":
             x = flip_crop(x, self.stream_seeds, self.iteration)
         x = self.data.features(x)[self.stream_rows]  # [R, B, ...]
         y = self.data.y_train[idx][self.stream_rows]
+        if self.backprop is not None:
+            self._step_by_hand(x, y)
+            return
         with self._precision():
             logits = self.forwards.train(self.rows or self.tensors(), x, self.draws.at(self.iteration))
         # Sum over replicas of each replica's mean loss: each replica gets exactly its own gradient.
@@ -188,6 +203,27 @@ class StackedTrainer:
         lr = learning_rate(self.cfg, self.iteration)
         self.optimizer.lr = self._lr = lr
         self.optimizer.step(grads)
+        if self.path:
+            self._accumulate_path()
+        self.iteration += 1
+
+    def _gather(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each replica's batch [R, B, ...] and labels [R, B], gathered into the same buffers every step."""
+        rows = idx[self.stream_rows].flatten()
+        x_train, y_train = self.data.x_train, self.data.y_train
+        x = self._workspace.take("batch.x", (len(rows), *x_train.shape[1:]), x_train)
+        y = self._workspace.take("batch.y", (len(rows),), y_train)
+        torch.index_select(x_train, 0, rows, out=x)
+        torch.index_select(y_train, 0, rows, out=y)
+        return x.view(self.size, -1, *x_train.shape[1:]), y.view(self.size, -1)
+
+    def _step_by_hand(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """The step with the model's own backward: gradients land in the same buffers every step."""
+        self.backprop(self.params, x, y, self.draws.at(self.iteration))
+        if self.mask_names:
+            torch._foreach_mul_(self._backprop_masked, self.mask_list)
+        self.optimizer.lr = self._lr = learning_rate(self.cfg, self.iteration)
+        self.optimizer.step(self._backprop_grads)
         if self.path:
             self._accumulate_path()
         self.iteration += 1
@@ -227,15 +263,18 @@ class StackedTrainer:
 
     # --- evaluation -----------------------------------------------------------------------------------
     @torch.no_grad()
-    def loss_and_accuracy(self, x: torch.Tensor, y: torch.Tensor,
-                          replicas: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def loss_and_accuracy(self, x: torch.Tensor, y: torch.Tensor, replicas: list[int] | None = None,
+                          tensors: dict[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean loss and accuracy per replica (or per selected replica) on (x, y), in large batches,
-        without autograd."""
-        if replicas is not None and len(replicas) == 1 and not self.forwards.one_by_one:
-            loss, accuracy = self.loss_and_accuracy(x, y, replicas.repeat(2))  # never a batch of one product
+        without autograd; of the trainer's tensors, or of stacked `tensors` given (early-stop snapshots)."""
+        params = self.tensors(detach=True) if tensors is None else tensors
+        if replicas is not None:
+            params = {n: t[replicas] for n, t in params.items()}
+        size = next(iter(params.values())).shape[0]
+        if size == 1 and not self.forwards.one_by_one:
+            params, _ = at_least_two(params)  # never a batch of one product
+            loss, accuracy = self.loss_and_accuracy(x, y, tensors=params)
             return loss[:1], accuracy[:1]
-        params = self.tensors(replicas, detach=True)
-        size = self.size if replicas is None else len(replicas)
         total_loss = torch.zeros(size, device=x.device)
         correct = torch.zeros(size, device=x.device)
         for start in range(0, len(x), self.eval_batch):
@@ -252,27 +291,35 @@ class StackedTrainer:
 
     def evaluate_now(self) -> None:
         val_loss, val_acc = self.loss_and_accuracy(self.data.x_val, self.data.y_val)
-        improved = val_loss < self.best_val_loss
-        # The test set is needed only by replicas at a new validation minimum (the early-stop accuracy,
-        # exactly) and at the end, unless full test curves are asked for.
+        # The test set runs at every evaluation only for full test curves; else at the end, and once per
+        # replica on the weights of its early-stop iteration (see lottery.early_stop).
+        final = self.iteration == self.cfg.iterations
         test_loss = torch.full_like(val_loss, math.nan)
         test_acc = torch.full_like(val_loss, math.nan)
-        if self.cfg.test_curves or self.iteration == self.cfg.iterations:
+        if self.cfg.test_curves or final:
             test_loss, test_acc = self.loss_and_accuracy(self.data.x_test, self.data.y_test)
             self.test_evaluations += self.size
-        else:
-            chosen = improved.nonzero().flatten()
-            if len(chosen):
-                loss, acc = self.loss_and_accuracy(self.data.x_test, self.data.y_test, chosen)
-                test_loss[chosen], test_acc[chosen] = loss, acc
-                self.test_evaluations += len(chosen)
-        self.best_val_loss = torch.where(improved, val_loss, self.best_val_loss)
-        self.best_iteration = torch.where(improved, torch.full_like(self.best_iteration, self.iteration),
-                                          self.best_iteration)
-        self.best_test_accuracy = torch.where(improved, test_acc, self.best_test_accuracy)
+        self.early_stop.update(self.iteration, val_loss, self.tensors(detach=True),
+                               test_acc if self.cfg.test_curves or final else None)
         self.eval_iterations.append(self.iteration)
         for key, value in zip(CURVES, (val_loss, val_acc, test_loss, test_acc)):
             self.curves[key].append(value)
+        if final:
+            self._test_early_stop_snapshots()
+
+    def _test_early_stop_snapshots(self) -> None:
+        """The test set on each pending replica's weights of its early-stop iteration, also written into
+        the curves at that iteration."""
+        rows = self.early_stop.pending()
+        if not rows:
+            return
+        loss, acc = self.loss_and_accuracy(self.data.x_test, self.data.y_test, rows, self.early_stop.snapshot)
+        self.test_evaluations += len(rows)
+        self.early_stop.resolve(rows, acc)
+        for i, r in enumerate(rows):
+            at = self.eval_iterations.index(int(self.early_stop.iteration[r]))
+            self.curves["test_loss"][at][r] = loss[i]
+            self.curves["test_accuracy"][at][r] = acc[i]
 
     def results(self) -> list[ReplicaResult]:
         """Per-replica results; call after training to `cfg.iterations`."""
@@ -283,9 +330,9 @@ class StackedTrainer:
             out.append(ReplicaResult(
                 iterations=list(self.eval_iterations),
                 curves={k: curves[k][r] for k in CURVES},
-                early_stop_iteration=int(self.best_iteration[r]),
-                early_stop_val_loss=float(self.best_val_loss[r]),
-                early_stop_test_accuracy=float(self.best_test_accuracy[r]),
+                early_stop_iteration=int(self.early_stop.iteration[r]),
+                early_stop_val_loss=float(self.early_stop.val_loss[r]),
+                early_stop_test_accuracy=float(self.early_stop.test_accuracy[r]),
                 final_test_accuracy=float(self.curves["test_accuracy"][-1][r]),
                 final_train_accuracy=float(train_acc[r]),
                 final={n: t[r].detach().clone() for n, t in self.tensors().items()},
@@ -307,9 +354,7 @@ class StackedTrainer:
         if self.eval_iterations:
             for key, values in self.curves.items():
                 tensors[f"curve.{key}"] = torch.stack(values)[:, real]
-        tensors["best.val_loss"] = self.best_val_loss[real]
-        tensors["best.iteration"] = self.best_iteration[real]
-        tensors["best.test_accuracy"] = self.best_test_accuracy[real]
+        tensors.update(self.early_stop.state(real))
         tensors.update({f"path.{n}": p[real] for n, p in self.path.items()})
         meta = {"iteration": self.iteration, "eval_iterations": self.eval_iterations, "lr": self._lr,
                 "replicas": self.count, "optimizer_steps": steps_taken}
@@ -322,7 +367,7 @@ class StackedTrainer:
         rows = list(range(self.count)) if rows is None else list(rows)
         if len(rows) != self.count:
             raise ValueError(f"{len(rows)} checkpoint rows for {self.count} replicas")
-        device = self.best_val_loss.device
+        device = self.early_stop.val_loss.device
         index = torch.tensor(rows + rows[:1] * (self.size - self.count), device=device)  # a shadow repeats its replica
 
         def pick(key: str, like: torch.Tensor | None = None, dim: int = 0) -> torch.Tensor:
@@ -334,16 +379,15 @@ class StackedTrainer:
         params = {n: pick(f"param.{n}", p) for n, p in self.params.items()}
         buffers = {n: pick(f"buffer.{n}", b) for n, b in self.buffers.items()}
         path = {n: pick(f"path.{n}", p) for n, p in self.path.items()}
-        buffers, _ = self.optimizer.state()
+        opt_buffers, _ = self.optimizer.state()
         saved_buffers = {key: [pick(f"opt.{key}.{n}", p) for n, p in zip(self.params, self.params.values())]
-                         for key in buffers}
+                         for key in opt_buffers}
         eval_iterations = [int(i) for i in meta["eval_iterations"]]
         curves = {k: list(pick(f"curve.{k}", dim=1).unbind(0)) for k in CURVES} if eval_iterations else self.curves
         if eval_iterations and len(curves[CURVES[0]]) != len(eval_iterations):
             raise ValueError("the curves do not match the evaluation iterations")
-        best = [pick(f"best.{k}", like) for k, like in (("val_loss", self.best_val_loss),
-                                                        ("iteration", self.best_iteration),
-                                                        ("test_accuracy", self.best_test_accuracy))]
+        early_stop = EarlyStop(self.size, self.start_iteration, device)
+        early_stop.load_state(tensors, pick, self.tensors(detach=True))
         iteration, lr, steps = int(meta["iteration"]), float(meta["lr"]), int(meta["optimizer_steps"])
         with torch.no_grad():
             for n, p in self.params.items():
@@ -356,6 +400,6 @@ class StackedTrainer:
                 previous.copy_(p)
         self.optimizer.load_state(saved_buffers, steps)
         self.eval_iterations, self.curves = eval_iterations, curves
-        self.best_val_loss, self.best_iteration, self.best_test_accuracy = best
+        self.early_stop = early_stop
         self.iteration = iteration
         self._lr = self.optimizer.lr = lr
