@@ -124,7 +124,9 @@ def plain(config, fn, data, replicas: int, iterations: int, device: str) -> floa
 
         def step() -> None:
             idx = torch.randint(0, len(data.x_train), (train.batch_size,), generator=g).to(device)
-            x = data.features(data.x_train[idx]).contiguous(memory_format=torch.channels_last)
+            x = data.features(data.x_train[idx])
+            if x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16):
                 logits = model(x)
             loss = F.cross_entropy(logits.float(), data.y_train[idx])

@@ -7,17 +7,40 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 import lottery
 
 REPO = Path(__file__).resolve().parents[1]
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--device", default="cpu",
+                     help="device for the tests that take one (cpu, cuda, cuda:N); with any but cpu, only those run")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--device") == "cpu":
+        return
+    kept = [item for item in items if "device" in getattr(item, "fixturenames", ())]
+    config.hook.pytest_deselected(items=[item for item in items if item not in kept])
+    items[:] = kept
+
+
+@pytest.fixture(scope="session")
+def device(request: pytest.FixtureRequest) -> str:
+    """Where the device-taking tests run: `pytest --device cuda` (benchmarks/gpu.sh) runs them on a GPU."""
+    name = request.config.getoption("--device")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        pytest.fail(f"--device {name}: CUDA is not available here")
+    return name
+
+
 def _shared_data() -> Path | None:
     candidates = [os.environ.get("LOTTERY_TEST_DATA"), REPO.parent / "shared" / "data"]
     for c in candidates:
         if c and (Path(c) / "mnist" / "train-images-idx3-ubyte.gz").exists():
-            return Path(c)
+            return Path(c).resolve()  # absolute: tests link to its files from elsewhere
     return None
 
 

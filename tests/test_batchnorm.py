@@ -72,7 +72,8 @@ def _specs(fn, count, prune=False):
     return model, specs
 
 
-def test_every_replica_has_its_own_running_statistics_used_in_evaluation(mnist1d):
+def test_every_replica_has_its_own_running_statistics_used_in_evaluation(mnist1d, device):
+    mnist1d = mnist1d.to(device)
     fn = NormedMLP
     model, specs = _specs(fn, 2)
     specs[1].start = {**specs[0].start}  # same weights, other data: only the batches differ
@@ -86,7 +87,7 @@ def test_every_replica_has_its_own_running_statistics_used_in_evaluation(mnist1d
     result = trainer.results()[1]
     reference = fn()
     reference.load_state_dict(result.final)
-    reference.eval()
+    reference.to(device).eval()
     loss, accuracy = trainer.loss_and_accuracy(mnist1d.x_val, mnist1d.y_val)
     with torch.no_grad():
         expected = (reference(mnist1d.x_val).argmax(1) == mnist1d.y_val).float().mean()
@@ -94,8 +95,9 @@ def test_every_replica_has_its_own_running_statistics_used_in_evaluation(mnist1d
 
 
 @pytest.mark.parametrize("which", ["user-mlp-bn", "resnet8"])
-def test_bn_replicas_trained_stacked_equal_the_same_trained_one_by_one(which, mnist1d, small_cifar):
+def test_bn_replicas_trained_stacked_equal_the_same_trained_one_by_one(which, mnist1d, small_cifar, device):
     data, fn = (mnist1d, NormedMLP) if which == "user-mlp-bn" else (small_cifar, _resnet8(small_cifar))
+    data = data.to(device)
     iterations, count = (100, 3) if which == "user-mlp-bn" else (60, 2)  # bit for bit: few steps suffice
     train = TrainConfig(optimizer="sgd", lr=0.05, momentum=0.9, weight_decay=1e-4, batch_size=32,
                         iterations=iterations, eval_every=iterations // 2)

@@ -19,16 +19,16 @@ from lottery.train import ReplicaSpec, StackedTrainer
 
 
 @pytest.mark.parametrize("dropout", [0.0, 0.3])
-def test_the_mlp_backward_by_hand_gives_autograds_gradients(dropout):
+def test_the_mlp_backward_by_hand_gives_autograds_gradients(dropout, device):
     torch.manual_seed(0)
     model = MLP(20, [16, 8], 5, dropout)
     replicas, batch = 3, 7
-    params = {n: (0.5 * torch.randn(replicas, *p.shape)).requires_grad_() for n, p in model.named_parameters()}
-    x, y = torch.randn(replicas, batch, 20), torch.randint(0, 5, (replicas, batch))
-    logits = model.stacked_forward(params, x, train=True, draws=ReplicaDraws([1, 2, 3], "cpu").at(5))
+    params = {n: (0.5 * torch.randn(replicas, *p.shape)).to(device).requires_grad_() for n, p in model.named_parameters()}
+    x, y = torch.randn(replicas, batch, 20).to(device), torch.randint(0, 5, (replicas, batch)).to(device)
+    logits = model.stacked_forward(params, x, train=True, draws=ReplicaDraws([1, 2, 3], device).at(5))
     (F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="sum") / batch).backward()
-    by_hand = model.stacked_backprop(replicas, batch, "cpu")(
-        {n: p.detach() for n, p in params.items()}, x, y, ReplicaDraws([1, 2, 3], "cpu").at(5))
+    by_hand = model.stacked_backprop(replicas, batch, device)(
+        {n: p.detach() for n, p in params.items()}, x, y, ReplicaDraws([1, 2, 3], device).at(5))
     for name, p in params.items():
         assert p.grad.abs().max() > 0
         torch.testing.assert_close(by_hand[name], p.grad, rtol=1e-5, atol=1e-6 * float(p.grad.abs().max()))
@@ -68,13 +68,14 @@ def test_a_training_step_allocates_nothing_large(mnist):
 
 
 @pytest.mark.parametrize("batching", ["auto", "vmap"])
-def test_the_early_stop_test_from_a_snapshot_is_the_one_measured_at_that_iteration(mnist1d, batching):
+def test_the_early_stop_test_from_a_snapshot_is_the_one_measured_at_that_iteration(mnist1d, batching, device):
     """Without test curves, the test set runs once per replica, on the weights kept at its validation
     minimum: the same bits as running it at that iteration."""
     hidden = lottery.ModelConfig(name="mlp", hidden=[32, 32])
     fn = lambda: lottery.build_model(hidden, mnist1d.input_shape, mnist1d.num_classes)  # noqa: E731
     specs = [ReplicaSpec(r, initial_weights(fn, 3, r), dense_mask(initial_weights(fn, 3, r), list(lottery.prunable_roles(fn()))))
              for r in range(2)]
+    mnist1d = mnist1d.to(device)
     results = {}
     for curves in (True, False):
         train = TrainConfig(lr=3e-2, batch_size=50, iterations=300, eval_every=20, test_curves=curves, batching=batching)
@@ -92,7 +93,8 @@ def test_the_early_stop_test_from_a_snapshot_is_the_one_measured_at_that_iterati
         assert tested == sorted({best, len(once.iterations) - 1})
 
 
-def test_a_checkpoint_with_a_pending_snapshot_resumes_to_the_same_results(mnist1d):
+def test_a_checkpoint_with_a_pending_snapshot_resumes_to_the_same_results(mnist1d, device):
+    mnist1d = mnist1d.to(device)
     hidden = lottery.ModelConfig(name="mlp", hidden=[32])
     fn = lambda: lottery.build_model(hidden, mnist1d.input_shape, mnist1d.num_classes)  # noqa: E731
     specs = [ReplicaSpec(0, initial_weights(fn, 4, r), dense_mask(initial_weights(fn, 4, r), list(lottery.prunable_roles(fn()))))
@@ -111,9 +113,10 @@ def test_a_checkpoint_with_a_pending_snapshot_resumes_to_the_same_results(mnist1
         assert a.metrics() == b.metrics() and _same(a.curves, b.curves)
 
 
-def test_a_model_with_buffers_resumes_from_a_checkpoint_to_the_same_results(mnist1d):
+def test_a_model_with_buffers_resumes_from_a_checkpoint_to_the_same_results(mnist1d, device):
     """BatchNorm statistics are restored from the checkpoint (they were once overwritten by the
     optimizer's state there)."""
+    mnist1d = mnist1d.to(device)
     class Normed(nn.Module):
         def __init__(self) -> None:
             super().__init__()

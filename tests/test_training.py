@@ -68,8 +68,9 @@ def test_training_starts_bit_for_bit_from_the_given_weights(mnist1d):
 @pytest.mark.parametrize("precision, optimizer, test_curves", [("float32", "adam", True), ("bf16", "adam", True),
                                                                ("float32", "sgd", True), ("float32", "adam", False)])
 def test_stacked_replicas_train_like_networks_trained_one_by_one_bit_for_bit(mnist1d, precision, optimizer,
-                                                                              test_curves):
+                                                                              test_curves, device):
     """Invariant 7 at the trainer: alone, in a stack of 3, or beside other networks, the same bits."""
+    mnist1d = mnist1d.to(device)
     train = TrainConfig(optimizer=optimizer, lr=3e-3 if optimizer == "adam" else 0.05, batch_size=50,
                         iterations=150, eval_every=50, precision=precision, test_curves=test_curves)
     model, specs = _sparse_specs(mnist1d, 3)
@@ -86,12 +87,13 @@ def test_stacked_replicas_train_like_networks_trained_one_by_one_bit_for_bit(mni
         assert stacked[r].metrics() == single.metrics()
 
 
-def test_early_stop_metrics_are_the_argmin_of_the_recorded_curve(tmp_path, mnist1d):
+def test_early_stop_metrics_are_the_argmin_of_the_recorded_curve(tmp_path, mnist1d, device):
     config = tiny_config(levels=1)
     config.train.test_curves = True
-    run = lottery.find_tickets(config, tmp_path / "run", data=mnist1d, options=lottery.RunOptions(progress=False))
+    options = lottery.RunOptions(progress=False, device=device)
+    run = lottery.find_tickets(config, tmp_path / "run", data=mnist1d, options=options)
     config.train.test_curves = False
-    lazy = lottery.find_tickets(config, tmp_path / "lazy", data=mnist1d, options=lottery.RunOptions(progress=False))
+    lazy = lottery.find_tickets(config, tmp_path / "lazy", data=mnist1d, options=options)
     rows = lottery.read_results(run)
     assert len(rows) == 2 * 2
     for row in rows:
@@ -103,7 +105,7 @@ def test_early_stop_metrics_are_the_argmin_of_the_recorded_curve(tmp_path, mnist
         assert row["early_stop_test_accuracy"] == pytest.approx(float(curve[best]["test_accuracy"]), abs=1e-7)
         assert row["final_test_accuracy"] == pytest.approx(float(curve[-1]["test_accuracy"]), abs=1e-7)
         assert int(curve[-1]["iteration"]) == config.train.iterations
-    # Evaluating the test set only at new validation minima gives exactly the same metrics.
+    # Evaluating the test set only on the early-stop snapshots gives exactly the same metrics.
     assert lottery.read_results(lazy) == rows
 
 
