@@ -27,6 +27,11 @@ def _parser() -> argparse.ArgumentParser:
     find.add_argument("--trials", type=int, help="independent trials (own θ0 and data order)")
     find.add_argument("--iterations", type=int, help="training iterations per level")
     find.add_argument("--rewind-iteration", type=int, metavar="K", help="rewind survivors to θK instead of θ0")
+    find.add_argument("--retrain", choices=["rewind", "lr-rewind", "finetune"],
+                      help="how a pruned ticket is retrained: rewind (weights to θK, schedule from K; default), "
+                           "lr-rewind (keep the trained weights, schedule from K) or finetune (keep them, train at "
+                           "--finetune-lr)")
+    find.add_argument("--finetune-lr", type=float, metavar="LR", help="the fixed learning rate of --retrain finetune")
     find.add_argument("--scope", help="layerwise (per-layer rates) or global (one threshold)")
     find.add_argument("--criterion", help="what pruning keeps the largest of: magnitude (default, |θT|), movement, "
                       "magnitude-increase, large-init, random, path, or a registered one")
@@ -129,6 +134,7 @@ def build_config(args: argparse.Namespace) -> RunConfig:
         scale_schedule(config, args.iterations)
     named = {"prune.levels": args.levels, "trials": args.trials, "train.iterations": args.iterations,
              "prune.rewind_iteration": args.rewind_iteration, "prune.scope": args.scope,
+             "prune.retrain": args.retrain, "prune.finetune_lr": args.finetune_lr,
              "prune.criterion": args.criterion,
              "prune.one_shot": args.one_shot, "arms": args.arms, "train.test_curves": args.test_curves,
              "train.precision": args.precision}

@@ -53,6 +53,9 @@ class TrainConfig:
     test_curves: bool = False  # test set at every evaluation; else at the early-stop iteration and the end (same metrics)
 
 
+RETRAINS = ("rewind", "lr-rewind", "finetune")
+
+
 @dataclass
 class PruneConfig:
     levels: int = 18  # IMP levels after the dense level 0 (not part of the run hash: runs extend)
@@ -63,6 +66,10 @@ class PruneConfig:
     rate_conv: float = -1.0  # the same for convolutions; -1: the hidden (fully-connected) rate
     ignore: list[str] = field(default_factory=list)  # prunable tensors never pruned
     rewind_iteration: int = 0  # 0: reset to θ0 (the paper); k > 0: rewind to θk
+    # How a pruned ticket is retrained (lottery.tickets): rewind (weights to θk, schedule from k),
+    # lr-rewind (keep θT, schedule from k; Renda et al. 2020) or finetune (keep θT, `finetune_lr` fixed).
+    retrain: str = "rewind"
+    finetune_lr: float = 0.0
     one_shot: list[float] = field(default_factory=list)  # percents remaining; non-empty: one-shot mode
 
 
@@ -85,7 +92,8 @@ class RunConfig:
                                                       "data.rotate_degrees": 0.0, "data.classes": [],
                                                       "data.augment": "none", "prune.rate_conv": -1.0,
                                                       "model.depth": 0,
-                                                      "train.batching": "auto"}
+                                                      "train.batching": "auto", "prune.retrain": "rewind",
+                                                      "prune.finetune_lr": 0.0}
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -248,6 +256,9 @@ def validate(config: RunConfig) -> None:
         (0 <= p.rewind_iteration < t.iterations,
          f"rewind iteration must be in [0, iterations={t.iterations}), got {p.rewind_iteration}"),
         (all(0 < q < 100 for q in p.one_shot), f"one-shot percents must be in (0, 100), got {p.one_shot}"),
+        (p.retrain in RETRAINS, f"prune.retrain must be one of {', '.join(RETRAINS)}, got {p.retrain!r}"),
+        ((p.finetune_lr > 0) == (p.retrain == "finetune"),
+         f"prune.finetune_lr must be set (> 0) with prune.retrain=finetune and only then, got {p.finetune_lr}"),
         (0 <= config.data.permute_fraction <= 1,
          f"data.permute_fraction must be in [0, 1], got {config.data.permute_fraction}"),
         (config.data.val_size == -1 or config.data.val_size >= t.batch_size,

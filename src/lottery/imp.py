@@ -6,6 +6,7 @@ not depend on which pass trains it, so the resumed run gives the uninterrupted r
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +14,7 @@ from pathlib import Path
 from torch import nn
 
 from . import masks as masks_lib
-from .config import RunConfig, validate
+from .config import RunConfig, TrainConfig, validate
 from .criteria import needs_path
 from .data import Dataset, load_data
 from .devices import check_device
@@ -181,15 +182,22 @@ class _Procedure:
         self.progress.levels_done(levels, skipped=not todo)
         if not todo:
             return
-        name = "level_" + "_".join(f"{level:02d}" for level in levels)
-        size = self.replicas_per_pass
-        chunks = [jobs[i:i + size] for i in range(0, len(jobs), size)]
-        if len(chunks) > 1:
-            self.progress.note(f"{name}: {len(jobs)} replicas in {len(chunks)} passes of up to {size}")
-        for index, chunk in enumerate(chunks):
-            remaining = [j for j in chunk if j in todo]
-            if remaining:
-                self._train_chunk(name if len(chunks) == 1 else f"{name}_part{index}", remaining, levels)
+        # Fine-tuned tickets train at their own fixed learning rate: a pass of their own.
+        finetuned = [j for j in jobs if self._finetuned(j)]
+        groups = [(f"level_{'_'.join(f'{level:02d}' for level in levels)}", [j for j in jobs if j not in finetuned])]
+        groups.append((groups[0][0] + "_finetune", finetuned))
+        for name, group in groups:
+            size = self.replicas_per_pass
+            chunks = [group[i:i + size] for i in range(0, len(group), size)]
+            if len(chunks) > 1:
+                self.progress.note(f"{name}: {len(group)} replicas in {len(chunks)} passes of up to {size}")
+            for index, chunk in enumerate(chunks):
+                remaining = [j for j in chunk if j in todo]
+                if remaining:
+                    self._train_chunk(name if len(chunks) == 1 else f"{name}_part{index}", remaining, levels)
+
+    def _finetuned(self, job: Job) -> bool:
+        return job.level > 0 and job.arm == "imp" and self.config.prune.retrain == "finetune"
 
     def _train_chunk(self, name: str, jobs: list[Job], levels: list[int]) -> None:
         k = self.config.prune.rewind_iteration
@@ -201,14 +209,17 @@ class _Procedure:
                              tickets.arm_mask(job.trial, job.level, job.arm),
                              derive_seed(self.config.seed, "replica", job.arm, job.trial, job.level))
                  for job in jobs]
-        results = self._train_pass(name, jobs, specs, stream_trials, start_iteration, snapshot_at=k if levels == [0] else 0)
+        cfg = self.config.train
+        if self._finetuned(jobs[0]):  # the ticket's trained weights at a fixed small learning rate
+            cfg = dataclasses.replace(cfg, lr=self.config.prune.finetune_lr, warmup=0, milestones=[])
+        results = self._train_pass(name, jobs, specs, stream_trials, start_iteration, cfg,
+                                   snapshot_at=k if levels == [0] else 0)
         for job, spec, result in zip(jobs, specs, results):
             self._save_result(job, spec, result)
         finish_pass(self.store.checkpoint_paths(name)[0])
 
     def _train_pass(self, name: str, jobs: list[Job], specs: list[ReplicaSpec], stream_trials: list[int],
-                    start_iteration: int, snapshot_at: int) -> list[ReplicaResult]:
-        cfg = self.config.train
+                    start_iteration: int, cfg: TrainConfig, snapshot_at: int) -> list[ReplicaResult]:
         seeds = [derive_seed(self.config.seed, "order", t) for t in stream_trials]
         trainer = StackedTrainer(self.model, specs, self.data, cfg, seeds, start_iteration,
                                  track_path=self.track_path, augment=self.config.data.augment)

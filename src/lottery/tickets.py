@@ -101,6 +101,13 @@ class Tickets:
         return {n: t.bool() for n, t in load_tensors(path, self.device).items()}
 
     def arm_start(self, trial: int, level: int, arm: str) -> dict[str, torch.Tensor]:
+        """The state a network starts from (the trainer masks it). The ticket: θk under `rewind`; under
+        `lr-rewind` and `finetune` the trained θT (weights and buffers) of the ticket its mask was pruned
+        from. Controls keep their meaning whatever the mode: `random` and the other-mask arms start from
+        θk, `reinit` and `same-sign` from a fresh draw. Optimizer state always starts fresh (as open_lth)."""
+        if level > 0 and arm == "imp" and self.config.prune.retrain != "rewind":
+            source = 0 if self.config.prune.one_shot else level - 1
+            return load_tensors(self.store.arm_dir(trial, source, "imp") / "final.safetensors", self.device)
         start = self.init(trial) if level == 0 else self.rewind(trial)
         if arm not in REDRAWN or level == 0:
             return start
