@@ -21,7 +21,8 @@ def write_report(run_dir):  # type: ignore[no-untyped-def]
     return _write_report(run_dir)
 
 
-_EXPERIMENTS = {"compare_runs": "compare", "noise_run": "noise", "attack_run": "attack", "transfer_run": "transfer"}
+_EXPERIMENTS = {"compare_runs": "compare", "noise_run": "noise", "attack_run": "attack", "transfer_run": "transfer",
+               "stability_run": "stability"}
 
 
 def __getattr__(name: str):  # type: ignore[no-untyped-def]
@@ -34,7 +35,7 @@ def __getattr__(name: str):  # type: ignore[no-untyped-def]
 
 
 __all__ = [
-    "attack_run", "compare_runs", "load_data", "noise_run", "transfer_run",
+    "attack_run", "compare_runs", "load_data", "noise_run", "stability_run", "transfer_run",
     "ARMS", "CRITERIA", "check_claims", "write_report", "DataConfig", "Dataset", "MODELS", "ModelConfig", "PRESETS", "PruneConfig", "RunConfig",
     "RunOptions", "TrainConfig", "UserError", "build_model", "count", "find_tickets", "get_preset",
     "load_dataset", "percent_remaining", "prunable_roles", "prune_one_shot", "prune_round", "read_results",

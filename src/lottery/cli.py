@@ -97,6 +97,26 @@ def _parser() -> argparse.ArgumentParser:
     transfer.add_argument("--max-replicas", type=int, help="replicas trained together in one pass")
     _common(transfer)
 
+    stability = commands.add_parser("stability", help="instability analysis: train two copies from iteration k on "
+                                    "different data orders and measure the error barrier between them")
+    stability.add_argument("run_dir", type=Path)
+    stability.add_argument("--levels", help="levels (default: nearest 100, 21.1, 7.0, 1.9 %%), e.g. 0,7,12")
+    stability.add_argument("--rewind", metavar="K[,K...]", help="rewind points: iterations of the dense network's "
+                           "training (default: those of 0,100,500,2000 the run's iterations allow)")
+    stability.add_argument("--alphas", type=int, default=30, help="points on the line between the copies, "
+                           "both ends included (default 30)")
+    stability.add_argument("--arms", default="imp,random", metavar="ARM[,ARM...]",
+                           help="masks: imp (the run's ticket), random (its counts per layer); default both")
+    stability.add_argument("--trials", help="trials (default all of the run's)")
+    stability.add_argument("--keep-optimizer", action="store_true",
+                           help="start the copies with the optimizer's state at k (default: fresh, as rewinding does)")
+    stability.add_argument("--same-noise", action="store_true",
+                           help="both copies see the same data order and draws: a control whose instability is 0")
+    stability.add_argument("--train-examples", type=int, default=10_000,
+                           help="training examples for the train error (and BatchNorm statistics); default 10000")
+    stability.add_argument("--max-replicas", type=int, help="replicas trained together in one pass")
+    _common(stability)
+
     commands.add_parser("presets", help="list presets")
     return parser
 
@@ -302,6 +322,20 @@ def _transfer(args: argparse.Namespace) -> None:
     print(f"transfer: {out}")
 
 
+def _stability(args: argparse.Namespace) -> None:
+    from .imp import RunOptions
+    from .stability import stability_run
+
+    options = RunOptions(device=_device(args.device), progress=not args.no_progress, max_replicas=args.max_replicas)
+    out = stability_run(args.run_dir, levels=_numbers(args.levels, int, "--levels"),
+                        rewind=_numbers(args.rewind, int, "--rewind"), alphas=args.alphas,
+                        arms=[a.strip() for a in args.arms.split(",") if a.strip()],
+                        trials=_numbers(args.trials, int, "--trials"), keep_optimizer=args.keep_optimizer,
+                        same_noise=args.same_noise, train_examples=args.train_examples, data_dir=args.data_dir,
+                        options=options)
+    print(f"stability: {out}")
+
+
 def _presets(args: argparse.Namespace) -> None:
     from .presets import PRESETS
 
@@ -315,7 +349,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = _parser().parse_args(argv)
         {"find": _find, "report": _report, "claims": _claims, "compare": _compare,
-         "attack": _attack, "noise": _noise, "transfer": _transfer, "presets": _presets}[args.command](args)
+         "attack": _attack, "noise": _noise, "transfer": _transfer, "stability": _stability,
+         "presets": _presets}[args.command](args)
     except UserError as exc:
         print(f"lottery: error: {exc}", file=sys.stderr)
         return 2

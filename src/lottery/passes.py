@@ -88,6 +88,8 @@ class NamedReplica:
     seed: int  # the replica's own random stream (dropout)
     key: str  # names the replica in checkpoints: the same wherever the run directory lies
     extra: dict = field(default_factory=dict)  # more fields for metrics.json
+    # -> (optimizer state by buffer and parameter name, its step count); None: the optimizer starts fresh
+    optimizer: Callable[[], tuple[dict[str, dict[str, torch.Tensor]], int]] | None = None
 
 
 def train_replicas(replicas: list[NamedReplica], model: nn.Module, data: Dataset, cfg: TrainConfig,
@@ -105,7 +107,8 @@ def train_replicas(replicas: list[NamedReplica], model: nn.Module, data: Dataset
         specs = []
         for r in chunk:
             start, mask = r.build()
-            specs.append(ReplicaSpec(seeds.index(r.order_seed), start, mask, r.seed))
+            optimizer, steps = r.optimizer() if r.optimizer else (None, 0)
+            specs.append(ReplicaSpec(seeds.index(r.order_seed), start, mask, r.seed, optimizer, steps))
         trainer = StackedTrainer(model, specs, data, cfg, seeds, start_iteration, augment=augment)
         keys = [r.key for r in chunk]
         checkpoint = checkpoint_dir / f"{label}_{index}.safetensors"

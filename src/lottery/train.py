@@ -46,6 +46,10 @@ class ReplicaSpec:
     start: dict[str, torch.Tensor]
     mask: Mask
     seed: int = 0
+    # The optimizer's state to start from, by buffer and parameter name (e.g. {"exp_avg": {...}}), and its
+    # step count; None: fresh (zeros). A pass starts all its replicas fresh or all from a state.
+    optimizer: dict[str, dict[str, torch.Tensor]] | None = None
+    optimizer_steps: int = 0
 
 
 @dataclass
@@ -138,6 +142,8 @@ class StackedTrainer:
             self._backprop_grads = [row for n in names for row in self.backprop.grads[n].unbind(0)]
             self._backprop_masked = [self.backprop.grads[n] for n in self.mask_names]
         self.optimizer = ReplicaOptimizer(cfg, list(self.params.values()))
+        if any(r.optimizer is not None for r in replicas):
+            self._start_optimizer(replicas)
         # Path length Σt |θt+1 − θt| of every prunable weight, for the `path` criterion only.
         self.path = {n: torch.zeros_like(self.params[n]) for n in self.masks} if track_path else {}
         self._path_list = list(self.path.values())
@@ -156,6 +162,18 @@ class StackedTrainer:
         self.early_stop = EarlyStop(self.size, start_iteration, device)
         self.test_evaluations = 0  # replica test passes run so far (for benchmarks)
         self._lr = cfg.lr
+
+    def _start_optimizer(self, replicas: list[ReplicaSpec]) -> None:
+        """Each replica's optimizer state from its spec, masked like its gradients (a pruned weight's
+        momentum is zero, so it stays exactly zero)."""
+        steps = {r.optimizer_steps for r in replicas}
+        if any(r.optimizer is None for r in replicas) or len(steps) > 1:
+            raise ValueError("a pass starts all its replicas fresh or all from an optimizer state with one step count")
+        names = list(self.params)
+        buffers = {key: [torch.stack([r.optimizer[key][n].to(p) for r in replicas])
+                         * (self.masks[n] if n in self.masks else 1) for n, p in zip(names, self.params.values())]
+                   for key in self.optimizer.buffers}
+        self.optimizer.load_state(buffers, steps.pop())
 
     def _precision(self) -> contextlib.AbstractContextManager:
         """bf16 matmuls under autocast (parameters, optimizer and loss stay float32), or nothing."""
@@ -339,6 +357,11 @@ class StackedTrainer:
                 path={n: p[r].clone() for n, p in self.path.items()} if self.path else None,
             ))
         return out
+
+    def optimizer_of(self, replica: int) -> dict[str, dict[str, torch.Tensor]]:
+        """One replica's optimizer state now (copies), by buffer and parameter name; steps: `optimizer.steps_taken`."""
+        return {key: {n: t[replica].detach().clone() for n, t in zip(self.params, tensors)}
+                for key, tensors in self.optimizer.buffers.items()}
 
     # --- checkpoints --------------------------------------------------------------------------------
     def state(self) -> tuple[dict[str, torch.Tensor], dict]:

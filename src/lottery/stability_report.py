@@ -1,0 +1,187 @@
+"""Figures and stability.md for an instability analysis (lottery.stability)."""
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+from .figures import errorbar_series, percent_axis, plt, save_figure, spread
+from .finished import FinishedRun
+from .store import atomic_write_text
+
+STABLE = 2.0  # percentage points of error barrier: Frankle et al. (2020) call a network stable below this
+METRICS = (("test", "test error"), ("train", "train error"))
+
+
+def _by(rows: list[dict], *keys: str) -> dict[tuple, list[dict]]:
+    out: dict[tuple, list[dict]] = defaultdict(list)
+    for r in rows:
+        out[tuple(r[k] for k in keys)].append(r)
+    return out
+
+
+def _style(arm: str) -> dict:
+    return {"ls": "--", "marker": "s"} if arm == "random" else {"ls": "-", "marker": "o"}
+
+
+def _colors(values: list) -> dict:
+    cmap = plt.get_cmap("viridis")
+    return {v: cmap(i / max(1, len(values) - 1) * 0.9) for i, v in enumerate(values)}
+
+
+def path_figure(path_rows: list[dict], out: Path) -> None:
+    """Error along the line between the two copies, per level (columns), test and train (rows), a line
+    per rewind point; mean over trials."""
+    levels = sorted({r["level"] for r in path_rows})
+    ks = sorted({r["k"] for r in path_rows})
+    colors = _colors(ks)
+    fig, axes = plt.subplots(2, len(levels), figsize=(3.4 * len(levels) + 1, 6.2), squeeze=False, sharey="row")
+    percents = {r["level"]: r["percent_remaining"] for r in path_rows}
+    for col, level in enumerate(levels):
+        for row, (metric, label) in enumerate(METRICS):
+            ax = axes[row][col]
+            for (arm, k), rows in sorted(_by([r for r in path_rows if r["level"] == level], "arm", "k").items()):
+                by_alpha = _by(rows, "alpha")
+                alphas = sorted(by_alpha)
+                mean = [100 * spread([r[f"{metric}_error"] for r in by_alpha[a]])[0] for a in alphas]
+                ax.plot(alphas, mean, color=colors[k], ls="--" if arm == "random" else "-", lw=1.3,
+                        label=f"k={k}" + (" random" if arm == "random" else ""))
+            ax.set_xlabel("α (0: copy A, 1: copy B)")
+            if col == 0:
+                ax.set_ylabel(f"{label} (%)")
+            if row == 0:
+                ax.set_title(f"{percents[level]:.1f}% remaining" + (" (dense)" if level == 0 else ""), fontsize=9)
+            ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=7)
+    fig.suptitle("Error along the straight line between two copies trained from iteration k on different "
+                 "data orders (mean over trials; dashed: random mask)", fontsize=9)
+    save_figure(fig, out)
+
+
+def instability_vs_k(rows: list[dict], out: Path) -> None:
+    levels = sorted({r["level"] for r in rows})
+    colors = _colors(levels)
+    ks = sorted({r["k"] for r in rows})
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.4))
+    for ax, (metric, label) in zip(axes, METRICS):
+        for (level, arm), group in sorted(_by(rows, "level", "arm").items()):
+            points = [(k, [100 * r[f"{metric}_instability"] for r in g]) for (k,), g in _by(group, "k").items()]
+            if not points:
+                continue
+            pts = sorted((k, spread(v)) for k, v in points)
+            mean = [s[0] for _, s in pts]
+            err = [[s[0] - s[1] for _, s in pts], [s[2] - s[0] for _, s in pts]]
+            ax.errorbar([k for k, _ in pts], mean, yerr=err, capsize=3, color=colors[level], ms=4,
+                        label=f"{group[0]['percent_remaining']:.1f}% {arm}", **_style(arm))
+        ax.set_xscale("symlog", linthresh=max(1, min([k for k in ks if k > 0], default=1)))
+        ax.set_xticks(ks)
+        ax.set_xticklabels([str(k) for k in ks])
+        ax.axhline(STABLE, color="grey", ls=":", lw=1)
+        ax.set_ylim(bottom=0)  # an error barrier is never negative
+        ax.set_xlabel("rewind iteration k")
+        ax.set_ylabel(f"instability, {label} (percentage points)")
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=7)
+    fig.suptitle("Instability vs rewind point (mean, min/max over trials; dotted: 2 points)", fontsize=9)
+    save_figure(fig, out)
+
+
+def instability_vs_sparsity(rows: list[dict], out: Path) -> None:
+    ks = sorted({r["k"] for r in rows})
+    colors = _colors(ks)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.4))
+    for ax, (metric, label) in zip(axes, METRICS):
+        percents: list[float] = []
+        for (k, arm), group in sorted(_by(rows, "k", "arm").items()):
+            # The dense network belongs to both lines: it is where the ticket and random pruning start.
+            group = group + ([r for r in rows if r["k"] == k and r["level"] == 0] if arm == "random" else [])
+            points = [(p, [100 * r[f"{metric}_instability"] for r in g]) for (p,), g in
+                      _by(group, "percent_remaining").items()]
+            percents += errorbar_series(ax, points, color=colors[k], ms=4, label=f"k={k} {arm}", **_style(arm))
+        if percents:
+            percent_axis(ax, percents)
+        ax.axhline(STABLE, color="grey", ls=":", lw=1)
+        ax.set_ylim(bottom=0)  # an error barrier is never negative
+        ax.set_ylabel(f"instability, {label} (percentage points)")
+    axes[1].legend(fontsize=7)
+    fig.suptitle("Instability vs weights remaining: IMP (solid) and random pruning (dashed)", fontsize=9)
+    save_figure(fig, out)
+
+
+def _cell(values: list[float]) -> str:
+    mean, low, high = spread(values)
+    return f"{mean:.2f} ({low:.2f}–{high:.2f})" if len(values) > 1 else f"{mean:.2f}"
+
+
+def _table(rows: list[dict], metric: str, scale: float = 100.0) -> list[str]:
+    ks = sorted({r["k"] for r in rows})
+    lines = ["| weights remaining | arm | " + " | ".join(f"k = {k}" for k in ks) + " |",
+             "|---:|---|" + "---:|" * len(ks)]
+    for (level, arm), group in sorted(_by(rows, "level", "arm").items()):
+        by_k = _by(group, "k")
+        cells = [_cell([scale * r[metric] for r in by_k[(k,)]]) if (k,) in by_k else "" for k in ks]
+        lines.append(f"| {group[0]['percent_remaining']:.1f}% | {arm} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def matching(rows: list[dict], level: int, arm: str, k: int) -> bool | None:
+    """Whether the network's test error at the ends (mean over trials) is no worse than the dense
+    network's worst trial trained from the same k: within the dense network's own spread."""
+    own = [r["test_error_ends"] for r in rows if (r["level"], r["arm"], r["k"]) == (level, arm, k)]
+    dense = [r["test_error_ends"] for r in rows if (r["level"], r["k"]) == (0, k)]
+    if not own or not dense:
+        return None
+    return spread(own)[0] <= max(dense)
+
+
+def stable(rows: list[dict], level: int, arm: str, k: int) -> bool | None:
+    own = [100 * r["test_instability"] for r in rows if (r["level"], r["arm"], r["k"]) == (level, arm, k)]
+    return spread(own)[0] < STABLE if own else None
+
+
+def _verdicts(rows: list[dict]) -> list[str]:
+    ks = sorted({r["k"] for r in rows})
+    lines = ["| weights remaining | arm | " + " | ".join(f"k = {k}" for k in ks) + " |",
+             "|---:|---|" + "---:|" * len(ks)]
+    for (level, arm), group in sorted(_by(rows, "level", "arm").items()):
+        cells = []
+        for k in ks:
+            s, m = stable(rows, level, arm, k), matching(rows, level, arm, k)
+            cells.append("" if s is None else ("stable" if s else "unstable") + (", matching" if m else ", not matching"))
+        lines.append(f"| {group[0]['percent_remaining']:.1f}% | {arm} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def write_report(out: Path, run: FinishedRun, rows: list[dict], path_rows: list[dict], *, keep_optimizer: bool,
+                 same_noise: bool, train_examples: int, batchnorm: bool) -> None:
+    path_figure(path_rows, out / "path.png")
+    instability_vs_k(rows, out / "instability_vs_k.png")
+    instability_vs_sparsity(rows, out / "instability_vs_sparsity.png")
+    config = run.config
+    alphas = len({r["alpha"] for r in path_rows})
+    trials = sorted({r["trial"] for r in rows})
+    text = [
+        f"# Instability analysis: {run.store.root.name}", "",
+        f"{config.model.name} on {config.data.dataset}; {config.train.optimizer} lr {config.train.lr:g}, batch "
+        f"{config.train.batch_size}, {config.train.iterations} iterations; trials {', '.join(map(str, trials))}. "
+        f"Two copies of each network start from the dense network's state at iteration k (its own trajectory, "
+        f"as the run trained it) under the mask, the learning-rate schedule replayed from k, and train to the end "
+        f"on {'the same data order (a control: the copies are identical)' if same_noise else 'two different data orders'}; "
+        f"the optimizer {'as it was at k (moments and step count)' if keep_optimizer else 'fresh (as the run rewinds)'}. "
+        f"Error along the line between their final weights at {alphas} points, on the test set and on the first "
+        f"{train_examples:,} training examples"
+        + ("; BatchNorm statistics recomputed at every point on those examples." if batchnorm else ".")
+        + f" Instability: largest error along the line minus the mean of the ends' errors, in percentage points; "
+        f"stable below {STABLE:g}. Masks: the run's ticket (`imp`) at each level, found by its own procedure "
+        f"(rewind iteration {config.prune.rewind_iteration}, retrain {config.prune.retrain}); `random`: random "
+        f"positions with the ticket's count per layer.", "",
+        "![error along the path](path.png)", "",
+        "![instability vs k](instability_vs_k.png)", "",
+        "![instability vs weights remaining](instability_vs_sparsity.png)", "",
+        "## Test instability (percentage points; mean, min–max over trials)", "", *_table(rows, "test_instability"), "",
+        "## Train instability", "", *_table(rows, "train_instability"), "",
+        "## Test error of the copies (%, mean of the two ends)", "", *_table(rows, "test_error_ends"), "",
+        "## Stable and matching", "",
+        f"Stable: mean test instability below {STABLE:g} points. Matching: mean test error of the ends no worse "
+        "than the dense network's worst trial from the same k.", "", *_verdicts(rows), "",
+    ]
+    atomic_write_text(out / "stability.md", "\n".join(text) + "\n")
