@@ -159,3 +159,22 @@ def test_bad_stability_input_is_one_line_and_exit_2(finished, flags, problem):
 def test_stability_of_a_folder_that_is_no_run(tmp_path):
     result = run_cli("stability", str(tmp_path))
     assert result.returncode == 2 and "not a finished `lottery find` run" in result.stderr
+
+
+def test_the_2020_claims_follow_the_measured_instability():
+    from lottery.stability_report import stability_claims
+
+    def rows(dense_barrier, ticket_error):
+        out = []
+        for t in range(3):
+            out.append(dict(trial=t, level=0, arm="imp", k=0, percent_remaining=100.0,
+                            test_instability=dense_barrier, test_error_ends=0.020 + 0.001 * t))
+            out.append(dict(trial=t, level=5, arm="imp", k=0, percent_remaining=32.8,
+                            test_instability=0.004, test_error_ends=ticket_error))
+        return out
+
+    verdicts = [c[3] for c in stability_claims(rows(0.005, 0.018), "lenet300-100", "mnist")]
+    assert verdicts == ["yes", "yes"]
+    verdicts = [c[3] for c in stability_claims(rows(0.025, 0.025), "lenet300-100", "mnist")]
+    assert verdicts == ["no", "no"]  # unstable dense; a ticket worse than every dense trial is not matching
+    assert stability_claims(rows(0.005, 0.018), "conv2", "cifar10") == []

@@ -151,6 +151,48 @@ def _verdicts(rows: list[dict]) -> list[str]:
     return lines
 
 
+def _first_k(rows: list[dict], level: int, arm: str, need_matching: bool) -> int | None:
+    """The earliest analysed rewind point at which the network is stable (and matching)."""
+    for k in sorted({r["k"] for r in rows}):
+        if stable(rows, level, arm, k) and (not need_matching or matching(rows, level, arm, k)):
+            return k
+    return None
+
+
+def stability_claims(rows: list[dict], model: str, dataset: str, depth: int = 0) -> list[tuple[str, str, str, str]]:
+    """Frankle et al. (2020)'s claims for the networks this run can test: (claim, their finding, measured,
+    verdict yes | no | not testable). Thresholds fixed here: stable below 2 points, matching as above."""
+    levels = sorted({r["level"] for r in rows if r["level"] > 0 and r["arm"] == "imp"})
+    ks = sorted({r["k"] for r in rows})
+    percent = {r["level"]: r["percent_remaining"] for r in rows}
+    claims = []
+    if model == "lenet300-100" and dataset == "mnist":
+        dense = stable(rows, 0, "imp", 0)
+        value = [100 * r["test_instability"] for r in rows if (r["level"], r["k"]) == (0, 0)]
+        claims.append(("LeNet-300-100 (dense) is stable at k = 0", "instability ≈ 0 (< 2 points)",
+                       f"{spread(value)[0]:.2f} points" if value else "-",
+                       "not testable" if dense is None else "yes" if dense else "no"))
+        for level in levels:
+            s, m = stable(rows, level, "imp", 0), matching(rows, level, "imp", 0)
+            value = [100 * r["test_instability"] for r in rows if (r["level"], r["arm"], r["k"]) == (level, "imp", 0)]
+            claims.append((f"its IMP subnetwork at {percent[level]:.1f}% is stable and matching at k = 0",
+                           "stable and matching at k = 0",
+                           f"instability {spread(value)[0]:.2f} points, {'matching' if m else 'not matching'}"
+                           if value else "-", "not testable" if s is None else "yes" if s and m else "no"))
+    if (model == "resnet20" or (model == "resnet" and depth in (0, 20))) and dataset == "cifar10":
+        first = _first_k(rows, 0, "imp", need_matching=False)
+        claims.append(("ResNet-20 (dense) becomes stable at about iteration 2000, not at k = 0",
+                       "stable from k ≈ 2000", f"first stable at k = {first}" if first is not None else "never stable here",
+                       "not testable" if 0 not in ks else "yes" if first is not None and 0 < first <= 2000 else "no"))
+        for level in levels:
+            first = _first_k(rows, level, "imp", need_matching=True)
+            claims.append((f"its IMP subnetwork at {percent[level]:.1f}% is stable and matching from k ≈ 500",
+                           "stable and matching from k ≈ 500, not at k = 0",
+                           f"first at k = {first}" if first is not None else "never here",
+                           "not testable" if 0 not in ks else "yes" if first is not None and 0 < first <= 500 else "no"))
+    return claims
+
+
 def write_report(out: Path, run: FinishedRun, rows: list[dict], path_rows: list[dict], *, keep_optimizer: bool,
                  same_noise: bool, train_examples: int, batchnorm: bool) -> None:
     path_figure(path_rows, out / "path.png")
@@ -184,4 +226,8 @@ def write_report(out: Path, run: FinishedRun, rows: list[dict], path_rows: list[
         f"Stable: mean test instability below {STABLE:g} points. Matching: mean test error of the ends no worse "
         "than the dense network's worst trial from the same k.", "", *_verdicts(rows), "",
     ]
+    claims = stability_claims(rows, config.model.name, config.data.dataset, config.model.depth)
+    if claims:
+        text += ["## Claims of Frankle et al. (2020)", "", "| claim | their finding | measured | reproduced |",
+                 "|---|---|---|---|", *[f"| {c} | {p} | {m} | {v} |" for c, p, m, v in claims], ""]
     atomic_write_text(out / "stability.md", "\n".join(text) + "\n")
