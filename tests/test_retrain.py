@@ -60,3 +60,55 @@ def test_retrain_modes_are_checked(tmp_path):
         result = run_cli("find", "mnist1d-mlp", "--out", str(tmp_path), *flags)
         assert result.returncode == 2 and problem in result.stderr, result.stderr
         assert not any(tmp_path.iterdir())
+
+
+def _retrain_by_hand(config, mnist1d, run, arm, optimizer):
+    """Level 1's replica of `arm` trained alone from the run's own saved start, mask and optimizer state."""
+    from lottery.order import derive_seed
+    from lottery.store import load_metadata
+
+    start = load_tensors(run / "trial_0" / "rewind.safetensors")
+    own = run / "trial_0" / "level_01" / arm / "mask.safetensors"
+    mask = {n: t.bool() for n, t in load_tensors(own if own.exists() else run / "trial_0" / "level_01" / "mask.safetensors").items()}
+    state, steps = None, 0
+    if optimizer:
+        path = run / "trial_0" / "rewind_optimizer.safetensors"
+        state = {}
+        for key, tensor in load_tensors(path).items():
+            buffer, name = key.split(".", 1)
+            state.setdefault(buffer, {})[name] = tensor
+        steps = int(load_metadata(path)["optimizer_steps"])
+    model = lottery.build_model(config.model, mnist1d.input_shape, mnist1d.num_classes)
+    spec = ReplicaSpec(0, start, mask, derive_seed(config.seed, "replica", arm, 0, 1), state, steps)
+    trainer = StackedTrainer(model, [spec], mnist1d, config.train, [derive_seed(config.seed, "order", 0)],
+                             start_iteration=20)
+    trainer.run(config.train.iterations)
+    return trainer.results()[0].final
+
+
+@pytest.mark.parametrize("rewind_optimizer", [False, True])
+def test_a_rewound_ticket_starts_from_theta_k_with_the_optimizer_it_claims(tmp_path, mnist1d, rewind_optimizer):
+    """Rewinding restores θk's weights and buffers and, with prune.rewind_optimizer, the optimizer's state at k
+    (Adam's moments and step count); else a fresh optimizer. Checked by training the ticket again alone from
+    exactly that state: bit for bit the run's result, and not with the other optimizer start."""
+    config = tiny_config(levels=1, rewind_iteration=20, rewind_optimizer=rewind_optimizer)
+    config.trials = 1
+    config.arms = ["imp", "random", "reinit"]
+    run = lottery.find_tickets(config, tmp_path / "run", data=mnist1d, options=lottery.RunOptions(progress=False))
+    assert (run / "trial_0" / "rewind_optimizer.safetensors").exists() == rewind_optimizer
+    for arm in ("imp", "random"):
+        final = load_tensors(run / "trial_0" / "level_01" / arm / "final.safetensors")
+        again = _retrain_by_hand(config, mnist1d, run, arm, rewind_optimizer)
+        assert all(torch.equal(final[n], again[n]) for n in final), arm
+    if rewind_optimizer:
+        other = _retrain_by_hand(config, mnist1d, run, "imp", False)
+        final = load_tensors(run / "trial_0" / "level_01" / "imp" / "final.safetensors")
+        assert not torch.equal(final["layers.0.weight"], other["layers.0.weight"])
+        assert (run / "trial_0" / "level_01" / "reinit" / "metrics.json").exists()
+
+
+def test_rewinding_the_optimizer_needs_a_late_rewind(tmp_path):
+    result = run_cli("find", "mnist1d-mlp", "--out", str(tmp_path), "--rewind-optimizer")
+    assert result.returncode == 2 and "prune.rewind_optimizer needs prune.retrain=rewind and a rewind iteration" \
+        in result.stderr, result.stderr
+    assert not any(tmp_path.iterdir())

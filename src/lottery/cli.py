@@ -32,6 +32,9 @@ def _parser() -> argparse.ArgumentParser:
                            "lr-rewind (keep the trained weights, schedule from K) or finetune (keep them, train at "
                            "--finetune-lr)")
     find.add_argument("--finetune-lr", type=float, metavar="LR", help="the fixed learning rate of --retrain finetune")
+    find.add_argument("--rewind-optimizer", action="store_true", default=None,
+                      help="rewind the optimizer's state (momentum, Adam moments) to θK's iteration with the "
+                           "weights (default: a fresh optimizer, as open_lth)")
     find.add_argument("--scope", help="layerwise (per-layer rates) or global (one threshold)")
     find.add_argument("--criterion", help="what pruning keeps the largest of: magnitude (default, |θT|), movement, "
                       "magnitude-increase, large-init, random, path, or a registered one")
@@ -155,6 +158,7 @@ def build_config(args: argparse.Namespace) -> RunConfig:
     named = {"prune.levels": args.levels, "trials": args.trials, "train.iterations": args.iterations,
              "prune.rewind_iteration": args.rewind_iteration, "prune.scope": args.scope,
              "prune.retrain": args.retrain, "prune.finetune_lr": args.finetune_lr,
+             "prune.rewind_optimizer": args.rewind_optimizer,
              "prune.criterion": args.criterion,
              "prune.one_shot": args.one_shot, "arms": args.arms, "train.test_curves": args.test_curves,
              "train.precision": args.precision}

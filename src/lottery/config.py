@@ -70,6 +70,9 @@ class PruneConfig:
     # lr-rewind (keep θT, schedule from k; Renda et al. 2020) or finetune (keep θT, `finetune_lr` fixed).
     retrain: str = "rewind"
     finetune_lr: float = 0.0
+    # Rewind the optimizer's state (momentum, Adam moments, step count) to iteration k with the weights
+    # (retrain=rewind, k > 0). Default: fresh, as open_lth and Frankle et al. (2020) restart it.
+    rewind_optimizer: bool = False
     one_shot: list[float] = field(default_factory=list)  # percents remaining; non-empty: one-shot mode
 
 
@@ -93,7 +96,7 @@ class RunConfig:
                                                       "data.augment": "none", "prune.rate_conv": -1.0,
                                                       "model.depth": 0,
                                                       "train.batching": "auto", "prune.retrain": "rewind",
-                                                      "prune.finetune_lr": 0.0}
+                                                      "prune.finetune_lr": 0.0, "prune.rewind_optimizer": False}
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -259,6 +262,9 @@ def validate(config: RunConfig) -> None:
         (p.retrain in RETRAINS, f"prune.retrain must be one of {', '.join(RETRAINS)}, got {p.retrain!r}"),
         ((p.finetune_lr > 0) == (p.retrain == "finetune"),
          f"prune.finetune_lr must be set (> 0) with prune.retrain=finetune and only then, got {p.finetune_lr}"),
+        (not p.rewind_optimizer or (p.rewind_iteration > 0 and p.retrain == "rewind"),
+         "prune.rewind_optimizer needs prune.retrain=rewind and a rewind iteration k > 0 (at k = 0 the optimizer "
+         "is fresh anyway; lr-rewind and finetune keep the trained weights, not the state at k)"),
         (0 <= config.data.permute_fraction <= 1,
          f"data.permute_fraction must be in [0, 1], got {config.data.permute_fraction}"),
         (config.data.val_size == -1 or config.data.val_size >= t.batch_size,

@@ -182,10 +182,14 @@ class _Procedure:
         self.progress.levels_done(levels, skipped=not todo)
         if not todo:
             return
-        # Fine-tuned tickets train at their own fixed learning rate: a pass of their own.
+        # Fine-tuned tickets train at their own fixed learning rate, and with a rewound optimizer the fresh
+        # draws start with a fresh one (another step count): passes of their own.
         finetuned = [j for j in jobs if self._finetuned(j)]
-        groups = [(f"level_{'_'.join(f'{level:02d}' for level in levels)}", [j for j in jobs if j not in finetuned])]
-        groups.append((groups[0][0] + "_finetune", finetuned))
+        fresh = [j for j in jobs if self.config.prune.rewind_optimizer and j.level > 0
+                 and not self.tickets.uses_rewound_optimizer(j.level, j.arm)]
+        name = f"level_{'_'.join(f'{level:02d}' for level in levels)}"
+        groups = [(name, [j for j in jobs if j not in finetuned and j not in fresh]),
+                  (name + "_finetune", finetuned), (name + "_fresh_optimizer", fresh)]
         for name, group in groups:
             size = self.replicas_per_pass
             chunks = [group[i:i + size] for i in range(0, len(group), size)]
@@ -207,7 +211,8 @@ class _Procedure:
         specs = [ReplicaSpec(stream_trials.index(job.trial),  # the arms of a trial share the trial's data order
                              tickets.arm_start(job.trial, job.level, job.arm),
                              tickets.arm_mask(job.trial, job.level, job.arm),
-                             derive_seed(self.config.seed, "replica", job.arm, job.trial, job.level))
+                             derive_seed(self.config.seed, "replica", job.arm, job.trial, job.level),
+                             *tickets.arm_optimizer(job.trial, job.level, job.arm))
                  for job in jobs]
         cfg = self.config.train
         if self._finetuned(jobs[0]):  # the ticket's trained weights at a fixed small learning rate
@@ -229,8 +234,13 @@ class _Procedure:
 
         def save_rewind_points(tr: StackedTrainer) -> None:
             for row, job in enumerate(jobs):
-                if not self.store.rewind_path(job.trial).exists():
-                    save_tensors(self.store.rewind_path(job.trial), {n: t[row] for n, t in tr.tensors(detach=True).items()})
+                if self.store.rewind_path(job.trial).exists():
+                    continue
+                if self.config.prune.rewind_optimizer:  # first, so that rewind.safetensors stands for both
+                    state = {f"{key}.{n}": v for key, by_name in tr.optimizer_of(row).items() for n, v in by_name.items()}
+                    save_tensors(self.store.rewind_optimizer_path(job.trial), state,
+                                 {"optimizer_steps": str(tr.optimizer.steps_taken)})
+                save_tensors(self.store.rewind_path(job.trial), {n: t[row] for n, t in tr.tensors(detach=True).items()})
 
         train_with_checkpoints(trainer, keys, checkpoint, cfg.iterations,
                                self.options.checkpoint_seconds, bar, snapshot_at, save_rewind_points)

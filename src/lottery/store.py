@@ -327,6 +327,9 @@ class RunStore:
     def rewind_path(self, trial: int) -> Path:
         return self.trial_dir(trial) / "rewind.safetensors"
 
+    def rewind_optimizer_path(self, trial: int) -> Path:
+        return self.trial_dir(trial) / "rewind_optimizer.safetensors"
+
     def level_dir(self, trial: int, level: int) -> Path:
         return self.trial_dir(trial) / f"level_{level:02d}"
 

@@ -18,7 +18,7 @@ from .criteria import score_weights
 from .lineage import mask_lineage, record
 from .order import derive_seed
 from .prune import ignored_names, prune_one_shot, prune_round
-from .store import RunStore, load_tensors, save_tensors, tensor_digest
+from .store import RunStore, load_metadata, load_tensors, save_tensors, tensor_digest
 
 ModelFn = Callable[[], nn.Module]
 
@@ -50,6 +50,22 @@ class Tickets:
         if self.config.prune.rewind_iteration == 0:
             return self.init(trial)
         return load_tensors(self.store.rewind_path(trial), self.device)
+
+    def uses_rewound_optimizer(self, level: int, arm: str) -> bool:
+        """Whether this replica starts with the optimizer's state at k (prune.rewind_optimizer): every arm
+        that starts from θk; a fresh draw (reinit, same-sign) starts with a fresh optimizer."""
+        return self.config.prune.rewind_optimizer and level > 0 and arm not in REDRAWN
+
+    def arm_optimizer(self, trial: int, level: int, arm: str) -> tuple[dict[str, dict[str, torch.Tensor]] | None, int]:
+        """(the optimizer's state to start from, by buffer and parameter name; its step count), or (None, 0): fresh."""
+        if not self.uses_rewound_optimizer(level, arm):
+            return None, 0
+        path = self.store.rewind_optimizer_path(trial)
+        state: dict[str, dict[str, torch.Tensor]] = {}
+        for key, tensor in load_tensors(path, self.device).items():
+            buffer, name = key.split(".", 1)
+            state.setdefault(buffer, {})[name] = tensor
+        return state, int(load_metadata(path)["optimizer_steps"])
 
     def mask(self, trial: int, level: int) -> masks_lib.Mask:
         path = self.store.mask_path(trial, level)
@@ -104,7 +120,7 @@ class Tickets:
         """The state a network starts from (the trainer masks it). The ticket: θk under `rewind`; under
         `lr-rewind` and `finetune` the trained θT (weights and buffers) of the ticket its mask was pruned
         from. Controls keep their meaning whatever the mode: `random` and the other-mask arms start from
-        θk, `reinit` and `same-sign` from a fresh draw. Optimizer state always starts fresh (as open_lth)."""
+        θk, `reinit` and `same-sign` from a fresh draw. The optimizer: see `arm_optimizer`."""
         if level > 0 and arm == "imp" and self.config.prune.retrain != "rewind":
             source = 0 if self.config.prune.one_shot else level - 1
             return load_tensors(self.store.arm_dir(trial, source, "imp") / "final.safetensors", self.device)
