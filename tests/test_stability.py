@@ -178,3 +178,17 @@ def test_the_2020_claims_follow_the_measured_instability():
     verdicts = [c[3] for c in stability_claims(rows(0.025, 0.025), "lenet300-100", "mnist")]
     assert verdicts == ["no", "no"]  # unstable dense; a ticket worse than every dense trial is not matching
     assert stability_claims(rows(0.005, 0.018), "conv2", "cifar10") == []
+
+
+def test_a_rerun_trains_only_what_is_missing_and_gives_the_same_numbers(finished, mnist1d):
+    import shutil
+
+    out = stability_run(finished, levels=[1], rewind=[20], alphas=3, arms=["random"], data=mnist1d, options=OPTIONS)
+    before = (out / "stability.csv").read_text()
+    folder = out / "k_20" / "trial_0" / "level_01" / "random"
+    shutil.rmtree(folder / "copy_1")
+    (folder / "path.json").unlink()
+    kept = (folder / "copy_0" / "final.safetensors").stat().st_mtime_ns
+    again = stability_run(finished, levels=[1], rewind=[20], alphas=3, arms=["random"], data=mnist1d, options=OPTIONS)
+    assert (again / "stability.csv").read_text() == before
+    assert (folder / "copy_0" / "final.safetensors").stat().st_mtime_ns == kept  # not trained again
