@@ -51,7 +51,11 @@ def path_figure(path_rows: list[dict], out: Path) -> None:
             if row == 0:
                 ax.set_title(f"{percents[level]:.1f}% remaining" + (" (dense)" if level == 0 else ""), fontsize=9)
             ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7, loc="upper center")  # the dense panel has room above its lines
+    entries = {}  # every panel's lines, once each (the dense panel has no random mask)
+    for ax in axes[0]:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            entries.setdefault(label, handle)
+    axes[0][0].legend(list(entries.values()), list(entries), fontsize=7, loc="upper center", ncol=2)
     fig.suptitle("Error along the straight line between two copies trained from iteration k on different "
                  "data orders (mean over trials; dashed: random mask)", fontsize=9)
     save_figure(fig, out)
