@@ -64,6 +64,7 @@ def test_retrain_modes_are_checked(tmp_path):
 
 def _retrain_by_hand(config, mnist1d, run, arm, optimizer):
     """Level 1's replica of `arm` trained alone from the run's own saved start, mask and optimizer state."""
+    from lottery.optim import unflatten_state
     from lottery.order import derive_seed
     from lottery.store import load_metadata
 
@@ -73,10 +74,7 @@ def _retrain_by_hand(config, mnist1d, run, arm, optimizer):
     state, steps = None, 0
     if optimizer:
         path = run / "trial_0" / "rewind_optimizer.safetensors"
-        state = {}
-        for key, tensor in load_tensors(path).items():
-            buffer, name = key.split(".", 1)
-            state.setdefault(buffer, {})[name] = tensor
+        state = unflatten_state(load_tensors(path))
         steps = int(load_metadata(path)["optimizer_steps"])
     model = lottery.build_model(config.model, mnist1d.input_shape, mnist1d.num_classes)
     spec = ReplicaSpec(0, start, mask, derive_seed(config.seed, "replica", arm, 0, 1), state, steps)

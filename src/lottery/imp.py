@@ -22,6 +22,7 @@ from .errors import UserError
 from .forwards import check_model_output
 from .lineage import LineageCheck
 from .models import build_model, parameter_names, prunable_roles
+from .optim import flatten_state
 from .order import derive_seed
 from .passes import finish_pass, resume, train_with_checkpoints
 from .progress import Progress
@@ -237,8 +238,7 @@ class _Procedure:
                 if self.store.rewind_path(job.trial).exists():
                     continue
                 if self.config.prune.rewind_optimizer:  # first, so that rewind.safetensors stands for both
-                    state = {f"{key}.{n}": v for key, by_name in tr.optimizer_of(row).items() for n, v in by_name.items()}
-                    save_tensors(self.store.rewind_optimizer_path(job.trial), state,
+                    save_tensors(self.store.rewind_optimizer_path(job.trial), flatten_state(tr.optimizer_of(row)),
                                  {"optimizer_steps": str(tr.optimizer.steps_taken)})
                 save_tensors(self.store.rewind_path(job.trial), {n: t[row] for n, t in tr.tensors(detach=True).items()})
 

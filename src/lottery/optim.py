@@ -17,6 +17,24 @@ from .config import TrainConfig
 
 ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8  # torch.optim.Adam's defaults, as the paper's runs used
 
+# One replica's optimizer state, by buffer ("exp_avg", "momentum", ...) and parameter name.
+OptimizerState = dict[str, dict[str, torch.Tensor]]
+
+
+def flatten_state(state: OptimizerState, prefix: str = "") -> dict[str, torch.Tensor]:
+    """Flat tensors for a safetensors file: "<prefix><buffer>.<parameter name>"."""
+    return {f"{prefix}{buffer}.{name}": t for buffer, by_name in state.items() for name, t in by_name.items()}
+
+
+def unflatten_state(tensors: dict[str, torch.Tensor], prefix: str = "") -> OptimizerState:
+    """The inverse of `flatten_state`; tensors without the prefix are ignored."""
+    state: OptimizerState = {}
+    for key, tensor in tensors.items():
+        if key.startswith(prefix):
+            buffer, name = key[len(prefix):].split(".", 1)
+            state.setdefault(buffer, {})[name] = tensor
+    return state
+
 
 class ReplicaOptimizer:
     """`cfg.optimizer` (adam | sgd) over stacked parameters [R, ...]; `lr` is set before each step."""

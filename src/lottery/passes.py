@@ -18,6 +18,7 @@ from torch import nn
 from .config import TrainConfig
 from .data import Dataset
 from .masks import count
+from .optim import OptimizerState
 from .progress import Progress
 from .errors import UserError
 from .store import load_metadata, load_tensors, remove_empty_folder, save_json, save_tensors
@@ -89,7 +90,7 @@ class NamedReplica:
     key: str  # names the replica in checkpoints: the same wherever the run directory lies
     extra: dict = field(default_factory=dict)  # more fields for metrics.json
     # -> (optimizer state by buffer and parameter name, its step count); None: the optimizer starts fresh
-    optimizer: Callable[[], tuple[dict[str, dict[str, torch.Tensor]], int]] | None = None
+    optimizer: Callable[[], tuple[OptimizerState, int]] | None = None
 
 
 def train_replicas(replicas: list[NamedReplica], model: nn.Module, data: Dataset, cfg: TrainConfig,

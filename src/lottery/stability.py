@@ -34,6 +34,7 @@ from .forwards import stacked_forward_for
 from .imp import RunOptions
 from .interpolation import alphas_between, error_rates, instability, interpolate, recalibrate_batchnorm
 from .masks import Mask
+from .optim import OptimizerState, flatten_state, unflatten_state
 from .order import derive_seed
 from .passes import NamedReplica, finish_pass, resume, train_replicas, train_with_checkpoints
 from .sizing import eval_batch_for, replicas_per_pass
@@ -141,15 +142,11 @@ class Trunk:
         return {n: t for n, t in load_tensors(self.path(trial, k), self.device).items()
                 if not n.startswith(OPTIMIZER_PREFIX)}
 
-    def optimizer(self, trial: int, k: int) -> tuple[dict[str, dict[str, torch.Tensor]], int]:
+    def optimizer(self, trial: int, k: int) -> tuple[OptimizerState, int]:
         """The optimizer's state at iteration k, by buffer and parameter name, and its step count."""
         path = self.path(trial, k)
-        state: dict[str, dict[str, torch.Tensor]] = {}
-        for key, tensor in load_tensors(path, self.device).items():
-            if key.startswith(OPTIMIZER_PREFIX):
-                buffer, name = key[len(OPTIMIZER_PREFIX):].split(".", 1)
-                state.setdefault(buffer, {})[name] = tensor
-        return state, int(load_metadata(path)["optimizer_steps"])
+        return (unflatten_state(load_tensors(path, self.device), OPTIMIZER_PREFIX),
+                int(load_metadata(path)["optimizer_steps"]))
 
     def train(self, model: torch.nn.Module, data: Dataset, trials: list[int], ks: list[int],
               options: RunOptions) -> None:
@@ -173,8 +170,7 @@ class Trunk:
             tensors = trainer.tensors(detach=True)
             for row, t in enumerate(todo):
                 state = {n: v[row].clone() for n, v in tensors.items()}
-                for buffer, by_name in trainer.optimizer_of(row).items():
-                    state.update({f"{OPTIMIZER_PREFIX}{buffer}.{n}": v for n, v in by_name.items()})
+                state.update(flatten_state(trainer.optimizer_of(row), OPTIMIZER_PREFIX))
                 save_tensors(self.path(t, k), state, {"optimizer_steps": str(trainer.optimizer.steps_taken),
                                                       "iteration": str(k)})
         finish_pass(checkpoint)
@@ -207,7 +203,7 @@ def _train_copies(run: FinishedRun, model: torch.nn.Module, data: Dataset, point
                 def build(p: Point = p) -> tuple[dict[str, torch.Tensor], Mask]:
                     return trunk.state(p.trial, p.k), point_mask(run, p, options.device)
 
-                def optimizer(p: Point = p) -> tuple[dict[str, dict[str, torch.Tensor]], int]:
+                def optimizer(p: Point = p) -> tuple[OptimizerState, int]:
                     return trunk.optimizer(p.trial, p.k)
 
                 key = f"stability/{p.trial}/{p.level}/{p.arm}/{p.k}/{copy}"
@@ -267,14 +263,4 @@ def _summary(p: Point, path: dict[str, list[float]], variant: Path) -> dict:
             "test_error_ends": (test[0] + test[-1]) / 2, "train_error_ends": (train[0] + train[-1]) / 2,
             "early_stop_test_accuracy": sum(c["early_stop_test_accuracy"] for c in copies) / 2,
             "early_stop_iteration": sum(c["early_stop_iteration"] for c in copies) / 2}
-
-
-def load_stability(variant: Path) -> list[dict]:
-    """The rows of a finished analysis (stability.csv), typed."""
-    from .store import load_csv
-
-    rows = load_csv(variant / "stability.csv", STABILITY_COLUMNS)
-    ints = {"trial", "level", "k"}
-    return [{c: (int(float(v)) if c in ints else v if c == "arm" else float(v)) for c, v in r.items()} for r in rows]
-
 

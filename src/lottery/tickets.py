@@ -16,6 +16,7 @@ from .arms import OWN_MASK, REDRAWN, mask_with_counts, random_mask, same_sign
 from .config import RunConfig
 from .criteria import score_weights
 from .lineage import mask_lineage, record
+from .optim import OptimizerState, unflatten_state
 from .order import derive_seed
 from .prune import ignored_names, prune_one_shot, prune_round
 from .store import RunStore, load_metadata, load_tensors, save_tensors, tensor_digest
@@ -56,16 +57,12 @@ class Tickets:
         that starts from θk; a fresh draw (reinit, same-sign) starts with a fresh optimizer."""
         return self.config.prune.rewind_optimizer and level > 0 and arm not in REDRAWN
 
-    def arm_optimizer(self, trial: int, level: int, arm: str) -> tuple[dict[str, dict[str, torch.Tensor]] | None, int]:
+    def arm_optimizer(self, trial: int, level: int, arm: str) -> tuple[OptimizerState | None, int]:
         """(the optimizer's state to start from, by buffer and parameter name; its step count), or (None, 0): fresh."""
         if not self.uses_rewound_optimizer(level, arm):
             return None, 0
         path = self.store.rewind_optimizer_path(trial)
-        state: dict[str, dict[str, torch.Tensor]] = {}
-        for key, tensor in load_tensors(path, self.device).items():
-            buffer, name = key.split(".", 1)
-            state.setdefault(buffer, {})[name] = tensor
-        return state, int(load_metadata(path)["optimizer_steps"])
+        return unflatten_state(load_tensors(path, self.device)), int(load_metadata(path)["optimizer_steps"])
 
     def mask(self, trial: int, level: int) -> masks_lib.Mask:
         path = self.store.mask_path(trial, level)

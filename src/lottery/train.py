@@ -31,7 +31,7 @@ from .forwards import StackedForward, StackedForwards, at_least_two, stacked_for
 from .masks import Mask
 from .memory import Workspace, fix_malloc_threshold
 from .sizing import eval_batch_for, largest_activation
-from .optim import ReplicaOptimizer
+from .optim import OptimizerState, ReplicaOptimizer
 from .order import BatchOrder, ReplicaDraws
 
 CURVES = ("val_loss", "val_accuracy", "test_loss", "test_accuracy")
@@ -48,7 +48,7 @@ class ReplicaSpec:
     seed: int = 0
     # The optimizer's state to start from, by buffer and parameter name (e.g. {"exp_avg": {...}}), and its
     # step count; None: fresh (zeros). A pass starts all its replicas fresh or all from a state.
-    optimizer: dict[str, dict[str, torch.Tensor]] | None = None
+    optimizer: OptimizerState | None = None
     optimizer_steps: int = 0
 
 
@@ -358,7 +358,7 @@ class StackedTrainer:
             ))
         return out
 
-    def optimizer_of(self, replica: int) -> dict[str, dict[str, torch.Tensor]]:
+    def optimizer_of(self, replica: int) -> OptimizerState:
         """One replica's optimizer state now (copies), by buffer and parameter name; steps: `optimizer.steps_taken`."""
         return {key: {n: t[replica].detach().clone() for n, t in zip(self.params, tensors)}
                 for key, tensors in self.optimizer.buffers.items()}
