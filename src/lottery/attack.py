@@ -21,6 +21,7 @@ from .errors import UserError
 from .figures import errorbar_series, percent_axis, plt, save_figure, spread
 from .finished import FinishedRun, ModelFn, model_and_data, open_run
 from .order import derive_seed
+from .ranks import Ranks
 from .store import atomic_write_text, save_csv, writes_into_run
 from .forwards import StackedForward, at_least_two, stacked_forward_for
 
@@ -115,20 +116,28 @@ def attack_run(run_dir: Path | str, methods: list[str], epsilons: list[float], *
                         f"supports mnist, fashion-mnist and mnist1d")
     forward = stacked_forward_for(model).each
     epsilons = sorted(set([0.0, *epsilons]))  # ε = 0: clean accuracy through the same path
-    rows = []
+    ranks = Ranks.current()  # in a process group each rank attacks its share of the networks
+    accuracy = []
     for level in levels:
-        jobs = [(arm, t) for arm in run.arms for t in run.trials if run.has(t, level, arm)]
+        jobs = ranks.share([(arm, t) for arm in run.arms for t in run.trials if run.has(t, level, arm)])
+        if not jobs:
+            continue
         finals = [run.final(t, level, arm, device) for arm, t in jobs]
         params = {n: torch.stack([f[n] for f in finals]) for n in finals[0]}
         for method in methods:
             for eps in epsilons:
                 seeds = [derive_seed(run.config.seed, "attack", method, eps, level, arm, t) for arm, t in jobs]
                 acc = robust_accuracy(forward, params, data, method, eps, examples, steps, seeds)
-                for (arm, trial), a in zip(jobs, acc.tolist()):
-                    rows.append({"arm": arm, "trial": trial, "level": level, "percent_remaining": run.percent(level),
-                                 "method": method, "eps": eps, "accuracy": a,
-                                 "examples": min(examples or len(data.x_test), len(data.x_test))})
+                accuracy += [[level, method, eps, arm, trial, a] for (arm, trial), a in zip(jobs, acc.tolist())]
     out = run.store.root / "attack"
+    found = {tuple(key): a for part in ranks.gather(accuracy) for *key, a in part}
+    if not ranks.leader:
+        return out
+    rows = [{"arm": arm, "trial": trial, "level": level, "percent_remaining": run.percent(level),
+             "method": method, "eps": eps, "accuracy": found[(level, method, eps, arm, trial)],
+             "examples": min(examples or len(data.x_test), len(data.x_test))}
+            for level in levels for method in methods for eps in epsilons
+            for arm in run.arms for trial in run.trials if run.has(trial, level, arm)]
     _figure(rows, methods, epsilons, run, out / "attack.png")
     save_csv(out / "attack.csv", rows, ATTACK_COLUMNS)
     atomic_write_text(out / "attack.md", _markdown(rows, run, data, steps))

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -349,14 +350,33 @@ def _presets(args: argparse.Namespace) -> None:
         print(f"{'':<{width}}  source: {preset.source}")
 
 
+# Commands that train or evaluate networks split them across the ranks of a torchrun group; the others
+# read a finished run and write a little: rank 0 runs them alone.
+SPLIT_COMMANDS = ("find", "attack", "noise", "transfer", "stability")
+
+
 def main(argv: list[str] | None = None) -> int:
+    from .ranks import GroupStopped, Ranks, join_torchrun_group, leave_group, under_torchrun
+
     try:
         args = _parser().parse_args(argv)
+        if under_torchrun():
+            if args.command not in SPLIT_COMMANDS:
+                if os.environ["RANK"] != "0":
+                    return 0
+            else:
+                args.device = join_torchrun_group(_device(args.device))
+                if not Ranks.current().leader:  # rank 0 prints the results; every rank prints its errors
+                    sys.stdout = open(os.devnull, "w")
         {"find": _find, "report": _report, "claims": _claims, "compare": _compare,
          "attack": _attack, "noise": _noise, "transfer": _transfer, "stability": _stability,
          "presets": _presets}[args.command](args)
+    except GroupStopped:
+        return 2  # rank 0 printed why
     except UserError as exc:
-        print(f"lottery: error: {exc}", file=sys.stderr)
+        ranks = Ranks.current()
+        where = f" (rank {ranks.rank} of {ranks.size})" if not ranks.leader else ""
+        print(f"lottery: error{where}: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # the last net for I/O failures the library did not name itself
         where = f"{exc.filename}: " if exc.filename else ""
@@ -365,6 +385,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("lottery: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
+    finally:
+        leave_group()
     return 0
 
 

@@ -26,6 +26,7 @@ from .optim import flatten_state
 from .order import derive_seed
 from .passes import finish_pass, resume, train_with_checkpoints
 from .progress import Progress
+from .ranks import Ranks
 from .prune import KINDS, unmatched_patterns
 from .results import RESULT_COLUMNS, collect_results
 from .runinfo import claim
@@ -108,7 +109,7 @@ def find_tickets(config: RunConfig, run_dir: Path | str, *, model_fn: ModelFn | 
 
     store = RunStore(run_dir)
     with hold_run(store.root, command="lottery find"):
-        claim(store, config, model)
+        Ranks.current().leader_first(lambda: claim(store, config, model))
         _Procedure(config, store, model, model_fn, data, roles, options).run()
     return store.root
 
@@ -132,18 +133,21 @@ def _canonical_roles(model: nn.Module, roles: dict[str, str] | None) -> dict[str
 
 
 class _Procedure:
-    """Levels in order; each level's (arm, trial) replicas trained in passes; results saved per replica."""
+    """Levels in order; each level's (arm, trial) replicas trained in passes; results saved per replica.
+    In a process group (lottery.ranks) each rank trains its share of every level; rank 0 writes what the
+    ranks share (masks, starting points, results.csv), and a level starts when every rank ended the last."""
 
     def __init__(self, config: RunConfig, store: RunStore, model: nn.Module, model_fn: ModelFn, data: Dataset,
                  roles: dict[str, str], options: RunOptions) -> None:
         self.config, self.store, self.model = config, store, model
         self.data, self.options = data, options
+        self.ranks = Ranks.current()
         self.trials = list(range(config.trials))
         self.levels = config.levels()
         self.track_path = needs_path(config.prune.criterion)
         self.tickets = Tickets(config, store, model_fn, roles, options.device, self.track_path)
         self.lineage = LineageCheck(store, list(config.arms), bool(config.prune.one_shot))
-        self.progress = Progress(enabled=options.progress, levels=len(self.levels))
+        self.progress = Progress(enabled=options.progress and self.ranks.leader, levels=len(self.levels))
         self.replicas_per_pass = replicas_per_pass(model, options.device,
                                                    eval_batch_for(model, data.features(data.x_train[:1])),
                                                    config.train.batch_size, options.max_replicas)
@@ -167,13 +171,22 @@ class _Procedure:
                 self._check_lineage(level)  # the level before may have been trained again just now
                 self._train_levels([level])
         self.progress.close()
+        self.ranks.leader_first(self._write_results)
+
+    def _write_results(self) -> None:
         rows = collect_results(self.store, self.trials, self.levels, tuple(self.config.arms))
         save_csv(self.store.results_path, rows, RESULT_COLUMNS)
+        # Every pass has ended: what is left are checkpoints of passes cut another way (another
+        # --max-replicas, another number of processes); their replicas were trained since.
+        for stale in (self.store.root / "checkpoints").glob("*.safetensors"):
+            stale.unlink(missing_ok=True)
         remove_empty_folder(self.store.root / "checkpoints")
 
     def _check_lineage(self, level: int) -> None:
-        for trial in self.trials:
-            self.lineage.check_level(trial, level, self.levels[-1])
+        def check() -> None:
+            for trial in self.trials:
+                self.lineage.check_level(trial, level, self.levels[-1])
+        self.ranks.leader_first(check)
 
     def _train_levels(self, levels: list[int]) -> None:
         """Passes are cut from all the level's jobs, done or not, so a pass keeps its name and checkpoint
@@ -183,6 +196,7 @@ class _Procedure:
         self.progress.levels_done(levels, skipped=not todo)
         if not todo:
             return
+        self.ranks.leader_first(lambda: self._prepare(todo))  # one writer for the files the ranks share
         # Fine-tuned tickets train at their own fixed learning rate, and with a rewound optimizer the fresh
         # draws start with a fresh one (another step count): passes of their own.
         finetuned = [j for j in jobs if self._finetuned(j)]
@@ -192,7 +206,8 @@ class _Procedure:
         groups = [(name, [j for j in jobs if j not in finetuned and j not in fresh]),
                   (name + "_finetune", finetuned), (name + "_fresh_optimizer", fresh)]
         for name, group in groups:
-            size = self.replicas_per_pass
+            size, group = self.replicas_per_pass, self.ranks.share(group)
+            name += self.ranks.pass_suffix()
             chunks = [group[i:i + size] for i in range(0, len(group), size)]
             if len(chunks) > 1:
                 self.progress.note(f"{name}: {len(group)} replicas in {len(chunks)} passes of up to {size}")
@@ -200,6 +215,13 @@ class _Procedure:
                 remaining = [j for j in chunk if j in todo]
                 if remaining:
                     self._train_chunk(name if len(chunks) == 1 else f"{name}_part{index}", remaining, levels)
+        self.ranks.barrier()  # the next level's masks need every rank's results
+
+    def _prepare(self, jobs: list[Job]) -> None:
+        """Write the masks and starting points these jobs read (each is computed once and saved)."""
+        for job in jobs:
+            self.tickets.arm_mask(job.trial, job.level, job.arm)
+            self.tickets.arm_start(job.trial, job.level, job.arm)
 
     def _finetuned(self, job: Job) -> bool:
         return job.level > 0 and job.arm == "imp" and self.config.prune.retrain == "finetune"

@@ -25,6 +25,7 @@ from .order import derive_seed
 from .passes import NamedReplica, train_replicas
 from .report import CURVE_TARGETS
 from .sizing import replicas_per_pass
+from .ranks import Ranks
 from .store import atomic_write_text, load_json, save_csv, writes_into_run
 from .forwards import at_least_two, stacked_forward_for
 
@@ -92,9 +93,12 @@ def noise_run(run_dir: Path | str, sigmas: list[float], *, levels: list[int] | N
 
     # Inference view: noise on the trained weights of every arm; no retraining.
     forward = stacked_forward_for(model).shared
+    ranks = Ranks.current()  # in a process group each rank evaluates its share of the networks
     inference = []
     for level in levels:
-        jobs = [(arm, t) for arm in run.arms for t in run.trials if run.has(t, level, arm)]
+        jobs = ranks.share([(arm, t) for arm in run.arms for t in run.trials if run.has(t, level, arm)])
+        if not jobs:
+            continue
         for k in [0.0, *sigmas]:
             stacked: dict[str, list[torch.Tensor]] = defaultdict(list)
             for arm, trial in jobs:
@@ -108,6 +112,11 @@ def noise_run(run_dir: Path | str, sigmas: list[float], *, levels: list[int] | N
             for (arm, trial), a in zip(jobs, acc.tolist()):
                 inference.append({"arm": arm, "sigma": k, "trial": trial, "level": level,
                                   "percent_remaining": run.percent(level), "accuracy": a, "draws": draws if k else 1})
+    found = {(r["level"], r["sigma"], r["arm"], r["trial"]): r for part in ranks.gather(inference) for r in part}
+    if not ranks.leader:
+        return out
+    inference = [found[(level, k, arm, t)] for level in levels for k in [0.0, *sigmas]
+                 for arm in run.arms for t in run.trials if run.has(t, level, arm)]
 
     save_csv(out / "training.csv", training, TRAINING_COLUMNS)
     save_csv(out / "inference.csv", inference, INFERENCE_COLUMNS)

@@ -20,6 +20,7 @@ from .data import Dataset
 from .masks import count
 from .optim import OptimizerState
 from .progress import Progress
+from .ranks import Ranks
 from .errors import UserError
 from .store import load_metadata, load_tensors, remove_empty_folder, save_json, save_tensors
 from .train import ReplicaSpec, StackedTrainer
@@ -98,8 +99,11 @@ def train_replicas(replicas: list[NamedReplica], model: nn.Module, data: Dataset
                    progress: bool = True, save_final: bool = False, label: str = "pass",
                    start_iteration: int = 0, augment: str = "none") -> None:
     """Train every replica not done yet, in passes of `max_per_pass` cut from all replicas (so a pass keeps
-    its checkpoint when some of its replicas finished before a kill); each pass resumes after a kill."""
-    passes = [replicas[i:i + max_per_pass] for i in range(0, len(replicas), max_per_pass)]
+    its checkpoint when some of its replicas finished before a kill); each pass resumes after a kill.
+    In a process group each rank trains its share (lottery.ranks); all have ended when this returns."""
+    ranks = Ranks.current()
+    mine, label, progress = ranks.share(replicas), label + ranks.pass_suffix(), progress and ranks.leader
+    passes = [mine[i:i + max_per_pass] for i in range(0, len(mine), max_per_pass)]
     for index, chunk in enumerate(passes):
         chunk = [r for r in chunk if not (r.folder / "metrics.json").exists()]
         if not chunk:
@@ -127,4 +131,5 @@ def train_replicas(replicas: list[NamedReplica], model: nn.Module, data: Dataset
                                                   "weights_remaining": kept, "prunable_weights": total,
                                                   **result.metrics()})
         finish_pass(checkpoint)
+    ranks.barrier()
     remove_empty_folder(checkpoint_dir)

@@ -36,6 +36,7 @@ from .interpolation import alphas_between, error_rates, instability, interpolate
 from .masks import Mask
 from .optim import OptimizerState, flatten_state, unflatten_state
 from .order import derive_seed
+from .ranks import Ranks
 from .passes import NamedReplica, finish_pass, resume, train_replicas, train_with_checkpoints
 from .sizing import eval_batch_for, replicas_per_pass
 from .stability_report import write_report
@@ -112,6 +113,11 @@ def stability_run(run_dir: Path | str, *, levels: list[int] | None = None, rewin
     trunk = Trunk(run, out / "trunk", options.device)
     trunk.train(model, data, trials, [k for k in rewind if k > 0], options)
     _train_copies(run, model, data, points, trunk, variant, keep_optimizer, same_noise, options)
+    ranks = Ranks.current()  # in a process group each rank measures its share of the paths
+    _paths(run, model, data, ranks.share(points), variant, weights, train_examples, options.device)
+    ranks.barrier()
+    if not ranks.leader:
+        return variant
     paths = _paths(run, model, data, points, variant, weights, train_examples, options.device)
     rows = [_summary(p, paths[p], variant) for p in points]
     path_rows = [{**{c: row[c] for c in ("trial", "level", "arm", "percent_remaining", "k")},
@@ -152,16 +158,21 @@ class Trunk:
               options: RunOptions) -> None:
         """One pass of the trials' dense networks, as the run's level 0 trained them (same start, data
         order and replica seed), saving the state at each k; resumes after a kill."""
-        todo = [t for t in trials if any(not self.path(t, k).exists() for k in ks)]
-        if not todo:
-            return
+        ranks = Ranks.current()  # in a process group each rank trains its share of the trials
+        todo = [t for t in ranks.share(trials) if any(not self.path(t, k).exists() for k in ks)]
+        if todo:
+            self._train(model, data, todo, ks, options, ranks.pass_suffix())
+        ranks.barrier()
+
+    def _train(self, model: torch.nn.Module, data: Dataset, todo: list[int], ks: list[int], options: RunOptions,
+               suffix: str) -> None:
         config = self.run.config
         specs = [ReplicaSpec(i, self.run.init(t, self.device), self.run.mask(t, 0, device=self.device),
                              derive_seed(config.seed, "replica", "imp", t, 0)) for i, t in enumerate(todo)]
         seeds = [derive_seed(config.seed, "order", t) for t in todo]
         trainer = StackedTrainer(model, specs, data, config.train, seeds, 0, augment=config.data.augment)
         keys = [f"trunk/{t}" for t in todo]
-        checkpoint = self.folder / "checkpoint.safetensors"
+        checkpoint = self.folder / f"checkpoint{suffix}.safetensors"
         resume(trainer, keys, checkpoint)
         for k in sorted(ks):
             if all(self.path(t, k).exists() for t in todo):

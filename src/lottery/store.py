@@ -39,6 +39,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from .errors import BrokenFile, RunInUse, UserError, WriteFailed
+from .ranks import Ranks
 
 
 T = TypeVar("T")
@@ -242,7 +243,31 @@ def hold_run(root: Path | str, *, exclusive: bool = True, command: str = "") -> 
 
     A writer creates the folder and the lock file; a reader of a run that has no lock file yet takes
     nothing (no writer has ever held it). The OS drops the lock when the process ends, kill included.
+    In a torch.distributed group every rank calls this together: rank 0 holds the lock for the group
+    (every other command is still refused), and releases it once every rank is done writing.
     """
+    ranks = Ranks.current()
+    key = str(Path(root).resolve())
+    if not (exclusive and ranks.many) or key in _held:
+        with _hold_here(root, exclusive=exclusive, command=command):
+            yield
+        return
+    with contextlib.ExitStack() as stack:
+        group = f"{command} (rank 0 of a torchrun group of {ranks.size})"
+        ranks.leader_first(lambda: stack.enter_context(_hold_here(root, exclusive=True, command=group)))
+        if not ranks.leader:
+            _held[key] = [None, True, 1]  # the group's lock, held by rank 0: nested holds pass
+        try:
+            yield
+            ranks.barrier()  # every rank's writes are done before the lock goes
+        finally:
+            if not ranks.leader:
+                del _held[key]
+
+
+@contextlib.contextmanager
+def _hold_here(root: Path | str, *, exclusive: bool, command: str) -> Iterator[None]:
+    """hold_run for this process alone."""
     root = Path(root)
     if exclusive:
         make_folder(root)

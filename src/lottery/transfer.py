@@ -32,6 +32,7 @@ from .order import derive_seed
 from .passes import NamedReplica, train_replicas
 from .results import RESULT_COLUMNS
 from .sizing import replicas_per_pass
+from .ranks import Ranks
 from .store import atomic_write_text, hold_run, load_json, save_csv, writes_into_run
 
 TRANSFER_COLUMNS = ["source", *RESULT_COLUMNS]
@@ -121,6 +122,8 @@ def _transfer(sources: list[Path | str], target: DataConfig | None, *, against: 
                    checkpoint_seconds=options.checkpoint_seconds, progress=options.progress, label="transfer",
                    start_iteration=tconfig.prune.rewind_iteration, augment=tconfig.data.augment)
 
+    if not Ranks.current().leader:  # every rank trained its share; rank 0 writes the tables
+        return out
     rows = [{c: load_json(r.folder / "metrics.json")[c] for c in TRANSFER_COLUMNS} for r in replicas]
     target_label = f"{data_label(target)} (own)"
     rows += [{"source": target_label, **{c: r[c] for c in RESULT_COLUMNS}} for r in target_run.rows]
