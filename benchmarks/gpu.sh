@@ -2,7 +2,8 @@
 # Everything to check and measure on a GPU, in one short run (about 5-8 minutes on an H100/H200):
 #   1. the tests that take a device, on CUDA (pytest --device cuda);
 #   2. every preset end to end on CUDA (one level, a few iterations) and the experiments on one run;
-#   3. speed: LeNet-300-100 ours vs a plain loop (train_speed.py), Conv-2 and ResNet-20 (conv_speed.py),
+#   3. one run split over every GPU with torchrun (NCCL), checked equal to one process;
+#   4. speed: LeNet-300-100 ours vs a plain loop (train_speed.py), Conv-2 and ResNet-20 (conv_speed.py),
 #      and throughput vs replicas per pass for the three networks, float32 and bf16 (replicas.py).
 # Writes the logs and a markdown summary to OUT (default: $OUT, else gpu-out/). Dry-run on a CPU with
 #   DEVICE=cpu QUICK=1 benchmarks/gpu.sh
@@ -58,6 +59,12 @@ if [ -n "$run" ]; then
     step attack "$LOTTERY" attack "$run" --device "$DEVICE" --data-dir "$DATA" --examples 500 --steps 3 --no-progress
     step transfer "$LOTTERY" transfer "$run" --to fashion-mnist --device "$DEVICE" --data-dir "$DATA" --no-progress
 fi
+# torchrun on every GPU of the machine (NCCL needs one GPU per rank: skipped on a one-GPU machine)
+GPUS=$($PY -c "import torch; print(torch.cuda.device_count() if '$DEVICE'.startswith('cuda') else 2)")
+if [ "$GPUS" -ge 2 ]; then
+    step distributed "$PY" benchmarks/distributed.py --device "$DEVICE" --processes "$GPUS" --repeats 1 \
+        --iterations $((ITERS * 25))
+fi
 step train-speed "$PY" benchmarks/train_speed.py --device "$DEVICE" --replicas 8,16,64 --iterations $((ITERS * 25))
 step conv-speed "$PY" benchmarks/conv_speed.py --device "$DEVICE" --replicas 16 --iterations "$ITERS" \
     --batching auto,vmap
@@ -66,7 +73,8 @@ step replicas "$PY" benchmarks/replicas.py --device "$DEVICE" --models "$SWEEP_M
 
 {
     echo
-    for log in train-speed conv-speed; do
+    for log in train-speed conv-speed distributed; do
+        [ -f "$OUT/$log.log" ] || continue
         echo "## $log"; echo; echo '```'; cat "$OUT/$log.log"; echo '```'; echo
     done
     [ -f "$OUT/replicas.md" ] && cat "$OUT/replicas.md"
