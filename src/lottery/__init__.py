@@ -5,10 +5,12 @@ from .config import DataConfig, ModelConfig, PruneConfig, RunConfig, TrainConfig
 from .criteria import CRITERIA, register_criterion
 from .data import Dataset, load_data, load_dataset
 from .errors import UserError
+from .export import Ticket, export_ticket, load_ticket, read_ticket, to_torch_prune
 from .imp import RunOptions, find_tickets
 from .masks import count, percent_remaining
 from .models import MODELS, build_model, prunable_roles
 from .presets import PRESETS, get_preset
+from .ranks import join_torchrun_group
 from .prune import prune_one_shot, prune_round
 from .results import read_results
 
@@ -38,6 +40,6 @@ __all__ = [
     "attack_run", "compare_runs", "load_data", "noise_run", "stability_run", "transfer_run",
     "ARMS", "CRITERIA", "check_claims", "write_report", "DataConfig", "Dataset", "MODELS", "ModelConfig", "PRESETS", "PruneConfig", "RunConfig",
     "RunOptions", "TrainConfig", "UserError", "build_model", "count", "find_tickets", "get_preset",
-    "load_dataset", "percent_remaining", "prunable_roles", "prune_one_shot", "prune_round", "read_results",
+    "Ticket", "export_ticket", "load_ticket", "read_ticket", "to_torch_prune", "join_torchrun_group", "load_dataset", "percent_remaining", "prunable_roles", "prune_one_shot", "prune_round", "read_results",
     "register_criterion",
 ]

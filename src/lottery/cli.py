@@ -121,6 +121,29 @@ def _parser() -> argparse.ArgumentParser:
     stability.add_argument("--max-replicas", type=int, help="replicas trained together in one pass")
     _common(stability)
 
+    export = commands.add_parser("export", help="write one network of a run to a ticket file you can take away "
+                                 "(safetensors), or its compact form as ONNX")
+    export.add_argument("run_dir", type=Path)
+    export.add_argument("--level", default="best", help="a level, or best (default): the sparsest level whose mean "
+                        "test accuracy at early stop is within --tolerance points of the dense network's")
+    export.add_argument("--tolerance", type=float, default=0.0, help="points of accuracy below the dense network "
+                        "that --level best accepts (default 0: matching)")
+    export.add_argument("--trial", type=int, default=0, help="trial (default 0)")
+    export.add_argument("--arm", default="imp", help="arm (default imp, the ticket)")
+    export.add_argument("--format", choices=["safetensors", "onnx"], default="safetensors",
+                        help="safetensors: mask, start and trained states with metadata (default); onnx: the compact "
+                             "model, checked with onnxruntime")
+    export.add_argument("--weights", choices=["trained", "start"], default="trained",
+                        help="which weights the ONNX model carries (default trained; a ticket file holds both)")
+    export.add_argument("--out", type=Path, required=True, help="the file to write")
+    export.add_argument("--data-dir", type=Path, help="datasets folder (ONNX: for example inputs)")
+
+    bench = commands.add_parser("bench-inference", help="time a ticket file's network dense, compact, CSR and BSR")
+    bench.add_argument("ticket", type=Path)
+    bench.add_argument("--threads", type=int, default=1, help="threads (default 1)")
+    bench.add_argument("--data-dir", type=Path, help="datasets folder (the inputs come from the ticket's test set)")
+    bench.add_argument("--out", type=Path, help="also write the tables to this markdown file")
+
     commands.add_parser("presets", help="list presets")
     return parser
 
@@ -341,6 +364,44 @@ def _stability(args: argparse.Namespace) -> None:
     print(f"stability: {out}")
 
 
+def _export(args: argparse.Namespace) -> None:
+    from .export import save_ticket, ticket_of
+
+    level = args.level if args.level == "best" else _numbers(args.level, int, "--level")[0]
+    ticket = ticket_of(args.run_dir, level=level, trial=args.trial, arm=args.arm, tolerance=args.tolerance)
+    info = ticket.info
+    source = info["source"]
+    print(f"ticket: level {source['level']} ({info['percent_remaining']:.2f}% of {info['prunable_weights']:,} weights), "
+          f"trial {source['trial']}, arm {source['arm']}, test accuracy at early stop "
+          f"{100 * info['early_stop_test_accuracy']:.2f}%")
+    if args.format == "safetensors":
+        save_ticket(ticket, args.out)
+        print(f"export: {args.out}")
+        return
+    from .deploy import masked_and_compact, model_for, to_onnx
+
+    model_fn, data = model_for(ticket, args.data_dir)
+    x = data.features(data.x_test[:256]).cpu()
+    masked, small, before, after = masked_and_compact(ticket, model_fn(), x, args.weights)
+    print(f"compact: {before.parameters:,} -> {after.parameters:,} parameters ({before.nonzero_parameters:,} nonzero "
+          f"before), {before.flops:,} -> {after.flops:,} FLOPs per example ({before.nonzero_flops:,} on kept weights)")
+    difference = to_onnx(small, x, args.out)
+    print(f"export: {args.out} (onnxruntime vs PyTorch on 256 test inputs: max |difference| {difference:.2e})")
+
+
+def _bench_inference(args: argparse.Namespace) -> None:
+    from .deploy import bench_ticket
+
+    if args.threads < 1:
+        raise UserError(f"--threads must be at least 1, got {args.threads}")
+    text = bench_ticket(args.ticket, threads=args.threads, data_dir=args.data_dir)
+    print(text)
+    if args.out:
+        from .store import atomic_write_text
+
+        atomic_write_text(args.out, text + "\n")
+
+
 def _presets(args: argparse.Namespace) -> None:
     from .presets import PRESETS
 
@@ -370,7 +431,7 @@ def main(argv: list[str] | None = None) -> int:
                     sys.stdout = open(os.devnull, "w")
         {"find": _find, "report": _report, "claims": _claims, "compare": _compare,
          "attack": _attack, "noise": _noise, "transfer": _transfer, "stability": _stability,
-         "presets": _presets}[args.command](args)
+         "export": _export, "bench-inference": _bench_inference, "presets": _presets}[args.command](args)
     except GroupStopped:
         return 2  # rank 0 printed why
     except UserError as exc:

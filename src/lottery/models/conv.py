@@ -44,6 +44,16 @@ class ConvNet(nn.Module):
         for module in [*self.convs, *self.fcs]:
             gaussian_glorot_conv_(module)
 
+    def sequential(self) -> nn.Sequential:
+        """The same network as a chain of standard modules sharing these parameters (for lottery.compact)."""
+        chain: list[nn.Module] = []
+        for i, conv in enumerate(self.convs):
+            chain += [conv, nn.ReLU()] + ([nn.MaxPool2d(2)] if i % 2 == 1 else [])
+        chain.append(nn.Flatten())
+        for i, fc in enumerate(self.fcs):
+            chain += [fc] + ([nn.ReLU()] if i < len(self.fcs) - 1 else [])
+        return nn.Sequential(*chain)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for i, conv in enumerate(self.convs):
             x = torch.relu(conv(x))

@@ -38,6 +38,15 @@ class MLP(nn.Module):
         for layer in self.layers:
             gaussian_glorot_(layer)
 
+    def sequential(self) -> nn.Sequential:
+        """The same network as a chain of standard modules sharing these parameters (for lottery.compact)."""
+        chain: list[nn.Module] = [nn.Flatten()]
+        for i, layer in enumerate(self.layers):
+            chain.append(layer)
+            if i < len(self.layers) - 1:
+                chain += [nn.ReLU(), nn.Dropout(self.dropout)]
+        return nn.Sequential(*chain)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.flatten(1)
         for i, layer in enumerate(self.layers):
