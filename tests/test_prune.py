@@ -1,8 +1,12 @@
+import pytest
 import torch
 
 import lottery
 from lottery.masks import count, dense_mask, percent_remaining
-from lottery.prune import prune_one_shot, prune_round
+from lottery.prune import prune_count, prune_one_shot, prune_round
+from lottery.store import load_tensors
+
+from conftest import tiny_config
 
 PAPER_LADDER = {3: 51.3, 7: 21.1, 9: 13.5, 12: 7.0, 15: 3.6, 16: 2.9, 18: 1.9}
 
@@ -76,3 +80,37 @@ def test_one_shot_reaches_the_target_with_the_ladder_shape():
         assert abs(percent_remaining(new) - target) < 0.05
         fractions = {n: new[n].float().mean().item() for n in roles}
         assert fractions["layers.2.weight"] > fractions["layers.0.weight"]  # output pruned more gently
+
+
+def test_an_n_of_m_pattern_keeps_at_most_n_per_group_chosen_by_score_then_the_ladder_inside_it():
+    torch.manual_seed(0)
+    scores = {"w": torch.rand(8, 12), "out": torch.rand(4, 8)}
+    mask = {n: torch.ones_like(s, dtype=torch.bool) for n, s in scores.items()}
+    roles = {"w": "hidden", "out": "output"}
+    first = prune_round(scores, mask, roles, 0.2, 0.1, pattern=(2, 4))
+    for name, m in first.items():
+        groups = m.view(m.shape[0], -1, 4)
+        assert (groups.sum(2) <= 2).all()
+        assert int(m.sum()) == m.numel() // 2  # the rate asks for 80% / 90%: the pattern stops it at 2 of 4
+        kept_scores = torch.where(groups, scores[name].view_as(groups), torch.inf).amin(2)
+        dropped_scores = torch.where(~groups, scores[name].view_as(groups), -torch.inf).amax(2)
+        assert (kept_scores >= dropped_scores).all()  # magnitude chooses within each group
+    second = prune_round(scores, first, roles, 0.2, 0.1, pattern=(2, 4))
+    assert int(second["w"].sum()) == 48 - prune_count(0.2, 48) and int(second["out"].sum()) == 16 - prune_count(0.1, 16)
+    assert all((second[n] <= first[n]).all() for n in second)
+
+
+def test_a_pattern_run_gives_n_of_m_masks_at_every_level(tmp_path, mnist1d):
+    config = tiny_config(pattern="2:4")
+    run = lottery.find_tickets(config, tmp_path / "run", data=mnist1d, options=lottery.RunOptions(progress=False))
+    percents = []
+    for level in range(config.prune.levels + 1):
+        mask = load_tensors(run / "trial_0" / f"level_{level:02d}" / "mask.safetensors")
+        for name, m in mask.items():
+            rows = m.bool().reshape(m.shape[0], -1)
+            assert level == 0 or (rows.view(rows.shape[0], -1, 4).sum(2) <= 2).all(), name
+        percents.append(lottery.percent_remaining({n: m.bool() for n, m in mask.items()}))
+    assert percents[0] == 100 and abs(percents[1] - 50) < 1e-9 and percents[2] < percents[1]
+    config.prune.pattern = "4:2"
+    with pytest.raises(lottery.UserError, match="prune.pattern must be N:M"):
+        lottery.find_tickets(config, tmp_path / "bad", data=mnist1d)

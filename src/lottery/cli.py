@@ -39,6 +39,8 @@ def _parser() -> argparse.ArgumentParser:
     find.add_argument("--scope", help="layerwise (per-layer rates) or global (one threshold)")
     find.add_argument("--criterion", help="what pruning keeps the largest of: magnitude (default, |θT|), movement, "
                       "magnitude-increase, large-init, random, path, or a registered one")
+    find.add_argument("--pattern", metavar="N:M", help="semi-structured masks: at most N of every M consecutive "
+                      "inputs kept (2:4 runs on a GPU's sparse tensor cores); the criterion chooses within it")
     find.add_argument("--arms", metavar="ARM[,ARM...]",
                       help="imp (the ticket) plus controls: reinit, same-sign, random, init-magnitude, one-shot")
     find.add_argument("--one-shot", metavar="PERCENT[,PERCENT...]",
@@ -183,7 +185,7 @@ def build_config(args: argparse.Namespace) -> RunConfig:
              "prune.rewind_iteration": args.rewind_iteration, "prune.scope": args.scope,
              "prune.retrain": args.retrain, "prune.finetune_lr": args.finetune_lr,
              "prune.rewind_optimizer": args.rewind_optimizer,
-             "prune.criterion": args.criterion,
+             "prune.criterion": args.criterion, "prune.pattern": args.pattern,
              "prune.one_shot": args.one_shot, "arms": args.arms, "train.test_curves": args.test_curves,
              "train.precision": args.precision}
     for key, value in named.items():

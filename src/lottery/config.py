@@ -74,6 +74,9 @@ class PruneConfig:
     # (retrain=rewind, k > 0). Default: fresh, as open_lth and Frankle et al. (2020) restart it.
     rewind_optimizer: bool = False
     one_shot: list[float] = field(default_factory=list)  # percents remaining; non-empty: one-shot mode
+    # "N:M" (e.g. "2:4"): masks keep at most N of every M consecutive inputs of a row, the pattern a GPU's
+    # sparse tensor cores run; magnitude (the criterion) chooses within it. "": unstructured.
+    pattern: str = ""
 
 
 @dataclass
@@ -96,7 +99,8 @@ class RunConfig:
                                                       "data.augment": "none", "prune.rate_conv": -1.0,
                                                       "model.depth": 0,
                                                       "train.batching": "auto", "prune.retrain": "rewind",
-                                                      "prune.finetune_lr": 0.0, "prune.rewind_optimizer": False}
+                                                      "prune.finetune_lr": 0.0, "prune.rewind_optimizer": False,
+                                                      "prune.pattern": ""}
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -214,6 +218,16 @@ def apply_overrides(config: RunConfig, pairs: list[str]) -> None:
 MAX_LR = 10.0  # above this no optimizer here trains; a larger value is a typo (1e308, inf)
 
 
+def _pattern_ok(text: str) -> bool:
+    from .prune import parse_pattern  # local: prune does not depend on config
+
+    try:
+        parse_pattern(text)
+    except ValueError:
+        return False
+    return True
+
+
 def validate(config: RunConfig) -> None:
     """Check ranges that types cannot express; one clear message for the first problem."""
     from .arms import ARMS
@@ -265,6 +279,7 @@ def validate(config: RunConfig) -> None:
         (not p.rewind_optimizer or (p.rewind_iteration > 0 and p.retrain == "rewind"),
          "prune.rewind_optimizer needs prune.retrain=rewind and a rewind iteration k > 0 (at k = 0 the optimizer "
          "is fresh anyway; lr-rewind and finetune keep the trained weights, not the state at k)"),
+        (_pattern_ok(p.pattern), f"prune.pattern must be N:M with 0 < N < M (e.g. 2:4), or empty, got {p.pattern!r}"),
         (0 <= config.data.permute_fraction <= 1,
          f"data.permute_fraction must be in [0, 1], got {config.data.permute_fraction}"),
         (config.data.val_size == -1 or config.data.val_size >= t.batch_size,

@@ -18,7 +18,7 @@ from .criteria import score_weights
 from .lineage import mask_lineage, record
 from .optim import OptimizerState, unflatten_state
 from .order import derive_seed
-from .prune import ignored_names, prune_one_shot, prune_round
+from .prune import ignored_names, parse_pattern, prune_one_shot, prune_round
 from .store import RunStore, load_metadata, load_tensors, save_tensors, tensor_digest
 
 ModelFn = Callable[[], nn.Module]
@@ -81,11 +81,12 @@ class Tickets:
         lineage = mask_lineage(trained, p.criterion, derive_seed(self.config.seed, "criterion", trial, level))
         conv = self.config.conv_rate()
         ignore = ignored_names(p.ignore, self.roles)
+        pattern = parse_pattern(p.pattern)
         if p.one_shot:
             return prune_one_shot(scores, previous, self.roles, p.rate_hidden, p.rate_output, p.one_shot[level - 1],
-                                  p.scope, ignore, conv), lineage
+                                  p.scope, ignore, conv, pattern), lineage
         return prune_round(scores, previous, self.roles, p.rate_hidden, p.rate_output, p.scope, ignore,
-                           conv), lineage
+                           conv, pattern), lineage
 
     def scores(self, trial: int, trained_level: int, names: list[str],
                seed_level: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
