@@ -72,8 +72,9 @@ def model_for(ticket: Ticket, data_dir: Path | str | None = None) -> tuple[Calla
     return (lambda: build_model(config, data.input_shape, data.num_classes)), data
 
 
-def bench_ticket(path: Path | str, threads: int = 1, data_dir: Path | str | None = None) -> str:
-    """`lottery bench-inference`: the ticket's network in every form (lottery.inference), as markdown."""
+def measure_ticket(path: Path | str, threads: int = 1, data_dir: Path | str | None = None) -> dict:
+    """The ticket's network in every form (lottery.inference) on its own test inputs: sizes, whole-network
+    rows per form, per-layer rows with their break-even densities."""
     from .inference import break_even, compare_forms, compare_layers, layer_inputs
 
     ticket = read_ticket(path)
@@ -82,12 +83,22 @@ def bench_ticket(path: Path | str, threads: int = 1, data_dir: Path | str | None
     x256 = data.features(data.x_test[:256]).cpu()
     masked, small, before, after = masked_and_compact(ticket, model_fn(), x256)
     x1 = x256[:1]
-    forms = compare_forms(masked, small, x1, x256, threads)
     layers = compare_layers(masked, x1, x256, threads)
-    source = ticket.info["source"]
-    lines = [f"# Inference: {Path(path).name}", "",
-             f"{source['preset']} level {source['level']}, {ticket.info['percent_remaining']:.2f}% of "
-             f"{ticket.info['prunable_weights']:,} prunable weights remaining; {threads} thread(s), "
+    inputs1, inputs256 = layer_inputs(masked, x1), layer_inputs(masked, x256)
+    for row in layers:
+        layer = masked[row["layer"]]
+        row["break_even_b1"] = break_even(layer, inputs1[row["layer"]], threads)
+        row["break_even_b256"] = break_even(layer, inputs256[row["layer"]], threads)
+    return {"name": Path(path).name, "info": ticket.info, "threads": threads, "before": before, "after": after,
+            "forms": compare_forms(masked, small, x1, x256, threads), "layers": layers}
+
+
+def ticket_markdown(m: dict) -> str:
+    info, before, after = m["info"], m["before"], m["after"]
+    source = info["source"]
+    lines = [f"### {m['name']}", "",
+             f"{source['preset']} level {source['level']}, {info['percent_remaining']:.2f}% of "
+             f"{info['prunable_weights']:,} prunable weights remaining; {m['threads']} thread(s), "
              f"torch {torch.__version__}, medians of torch.utils.benchmark.", "",
              f"Parameters {before.parameters:,} ({before.nonzero_parameters:,} nonzero); compact "
              f"{after.parameters:,}. FLOPs per example {before.flops:,} dense, {before.nonzero_flops:,} on kept "
@@ -95,23 +106,26 @@ def bench_ticket(path: Path | str, threads: int = 1, data_dir: Path | str | None
              "| form | latency, batch 1 (ms) | throughput, batch 256 (examples/s) | weight bytes | max abs diff vs dense |",
              "| --- | ---: | ---: | ---: | ---: |"]
     lines += [f"| {r['form']} | {r['latency_ms']:.3f} | {r['throughput']:,.0f} | {r['weight_bytes']:,} | "
-              f"{r['max_difference']:.1e} |" for r in forms]
+              f"{r['max_difference']:.1e} |" for r in m["forms"]]
     lines += ["", "Per layer (ms per call; break-even: the largest density, of "
               "1/2/5/10/20/30/50%, up to which a random-mask layer of this shape beats dense):", "",
               "| layer | shape | density | dense b1 | CSR b1 | BSR b1 | dense b256 | CSR b256 | BSR b256 | "
               "CSR breaks even (b1 / b256) | BSR breaks even (b1 / b256) |",
               "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |"]
-    inputs1, inputs256 = layer_inputs(masked, x1), layer_inputs(masked, x256)
-    for r in layers:
-        layer = masked[r["layer"]]
-        even1, even256 = break_even(layer, inputs1[r["layer"]], threads), break_even(layer, inputs256[r["layer"]], threads)
-        cell = lambda layout: f"{_percent(even1[layout])} / {_percent(even256[layout])}"  # noqa: E731
+    for r in m["layers"]:
+        cell = lambda layout: f"{_percent(r['break_even_b1'][layout])} / {_percent(r['break_even_b256'][layout])}"  # noqa: E731
         lines.append(f"| {r['layer']} {r['kind']} | {'x'.join(map(str, r['shape']))} | {100 * r['density']:.1f}% | "
                      f"{r['dense_ms_b1']:.3f} | {r['csr_ms_b1']:.3f} | {r['bsr_ms_b1']:.3f} | {r['dense_ms_b256']:.3f} | "
                      f"{r['csr_ms_b256']:.3f} | {r['bsr_ms_b256']:.3f} | {cell('csr')} | {cell('bsr')} |")
-    lines += ["", "Semi-structured 2:4 sparsity needs a CUDA GPU with sparse tensor cores and a 2:4 mask: not "
-              "measured here." if not torch.cuda.is_available() else ""]
-    return "\n".join(lines).rstrip()
+    if not torch.cuda.is_available():
+        lines += ["", "Semi-structured 2:4 sparsity needs a CUDA GPU with sparse tensor cores and a 2:4 mask: not "
+                  "measured here."]
+    return "\n".join(lines)
+
+
+def bench_ticket(path: Path | str, threads: int = 1, data_dir: Path | str | None = None) -> str:
+    """`lottery bench-inference`: measure_ticket as markdown."""
+    return ticket_markdown(measure_ticket(path, threads, data_dir))
 
 
 def _percent(density: float | None) -> str:
