@@ -22,6 +22,7 @@ class DataConfig:
     rotate_degrees: float = 0.0  # images rotated by this angle
     classes: list[int] = field(default_factory=list)  # only these labels; empty: all
     augment: str = "none"  # none | flip-crop (4-pixel padded random crop + horizontal flip; see data.augment)
+    speakers_out: str = ""  # fsdd: test on this speaker, train and validate on the other five; "": the standard split
 
 
 @dataclass
@@ -96,7 +97,7 @@ class RunConfig:
     # directories keep their names (and resume) when the field appears.
     HASHED_UNLESS: typing.ClassVar[dict[str, Any]] = {"model.dropout": 0.0, "data.permute_fraction": 0.0,
                                                       "data.rotate_degrees": 0.0, "data.classes": [],
-                                                      "data.augment": "none", "prune.rate_conv": -1.0,
+                                                      "data.augment": "none", "data.speakers_out": "", "prune.rate_conv": -1.0,
                                                       "model.depth": 0,
                                                       "train.batching": "auto", "prune.retrain": "rewind",
                                                       "prune.finetune_lr": 0.0, "prune.rewind_optimizer": False,

@@ -95,6 +95,23 @@ def _cifar10_sgd(preset: str, model: str, *, lr: float, batch: int, iterations: 
     )
 
 
+def _fsdd(model: ModelConfig, preset: str, lr: float, iterations: int, levels: int) -> RunConfig:
+    # Spoken digits (FSDD, log-mel [1, 40, 49]): the dataset's own split (recordings 0-4 of every digit and
+    # speaker test), 300 training recordings held out for validation; Adam, batch 32, the ticket with its
+    # reinit and random controls, 3 trials; fc/conv 20% and output 10% per level, to a few percent.
+    return RunConfig(
+        preset=preset,
+        trials=3,
+        arms=["imp", "reinit", "random"],
+        data=DataConfig(dataset="fsdd", val_size=300),
+        model=model,
+        train=TrainConfig(optimizer="adam", lr=lr, batch_size=32, iterations=iterations, eval_every=50,
+                          test_curves=True),  # 300 test recordings: full curves cost little
+        prune=PruneConfig(levels=levels, rate_hidden=0.2, rate_output=0.1),
+    )
+
+
+SPEECH = "this project (lottery-ticket protocol of Frankle & Carbin 2019 on the Free Spoken Digit Dataset)"
 EPOCH_128 = 391  # iterations per epoch at batch 128 over CIFAR-10's 50,000 training images
 MODERN = "open_lth's CIFAR defaults (Frankle et al., ICML 2020: rewinding)"
 
@@ -167,6 +184,19 @@ PRESETS: dict[str, Preset] = {
         MODERN,
     ),
 }
+
+PRESETS.update({
+    "fsdd-cnn": Preset(
+        "speech: keyword-spotting CNN (3 conv + BN, 23.8K weights) on FSDD log-mel spectrograms, Adam 1e-3, "
+        "batch 32, 1,000 iterations, imp + reinit + random, 3 trials, 14 levels (to 4.5%)",
+        lambda: _fsdd(ModelConfig(name="kws-cnn"), "fsdd-cnn", 1e-3, 1000, 14), SPEECH,
+    ),
+    "fsdd-mlp": Preset(
+        "speech: MLP 1960-256-256-10 on FSDD log-mel spectrograms, Adam 1e-3, batch 32, 1,000 iterations, "
+        "imp + reinit + random, 3 trials, 16 levels (to 2.9%)",
+        lambda: _fsdd(ModelConfig(name="mlp", hidden=[256, 256]), "fsdd-mlp", 1e-3, 1000, 16), SPEECH,
+    ),
+})
 
 DEFAULT_PRESET = "mnist1d-mlp"
 

@@ -10,6 +10,7 @@ import torch
 
 from ..errors import UserError
 from .cifar10 import load_cifar10
+from .fsdd import load_fsdd
 from .idx import load_fashion_mnist, load_mnist
 from .mnist1d import load_mnist1d
 from .raw import RawSplits
@@ -67,6 +68,7 @@ DATASETS: dict[str, DatasetLoader] = {
     "mnist": load_mnist,
     "fashion-mnist": load_fashion_mnist,
     "cifar10": load_cifar10,
+    "fsdd": load_fsdd,
 }
 
 
@@ -97,12 +99,16 @@ def load_dataset(
     permute_fraction: float = 0.0,
     rotate_degrees: float = 0.0,
     classes: list[int] | None = None,
+    speakers_out: str = "",
 ) -> Dataset:
     """Load (downloading if needed) a registered dataset, shift it if asked (see `data.shifts`), split
-    off validation, move to `device`."""
+    off validation, move to `device`. `speakers_out` (fsdd only): test on this speaker, train on the others."""
     if name not in DATASETS:
         raise UserError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
-    raw = DATASETS[name](Path(data_dir) if data_dir else default_data_dir())
+    folder = Path(data_dir) if data_dir else default_data_dir()
+    if speakers_out and name != "fsdd":
+        raise UserError(f"data.speakers_out holds out a speaker of fsdd; {name} has no speakers")
+    raw = load_fsdd(folder, speakers_out) if speakers_out else DATASETS[name](folder)
     raw = apply_shifts(raw, permute_fraction, rotate_degrees, classes, seed=split_seed)
     size = raw.default_val_size if val_size < 0 else val_size
     x_train, y_train, x_val, y_val = split_validation(raw.x_train, raw.y_train, size, split_seed)
@@ -114,7 +120,7 @@ def load_data(config: "DataConfig", data_dir: Path | str | None = None) -> Datas
     """The dataset a `DataConfig` describes, shifts included."""
     return load_dataset(config.dataset, data_dir, config.val_size, config.split_seed,
                         permute_fraction=config.permute_fraction, rotate_degrees=config.rotate_degrees,
-                        classes=list(config.classes))
+                        classes=list(config.classes), speakers_out=config.speakers_out)
 
 
 __all__ = ["DATASETS", "Dataset", "RawSplits", "default_data_dir", "load_data", "load_dataset", "split_validation"]

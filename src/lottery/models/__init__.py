@@ -8,6 +8,7 @@ from torch import nn
 
 from ..config import ModelConfig
 from .conv import PLANS, ConvNet
+from .kws import KeywordCNN
 from .mlp import MLP
 from .resnet import ResNet
 from .vgg import VGG, VGG_PLANS
@@ -52,6 +53,11 @@ def _resnet(fixed_depth: int | None) -> ModelBuilder:
     return build
 
 
+def _kws_cnn(config: ModelConfig, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+    _needs_images("kws-cnn", input_shape)  # [channels, mel bands, frames]
+    return KeywordCNN(input_shape[0], num_classes)
+
+
 MODELS: dict[str, ModelBuilder] = {
     "lenet300-100": _lenet300_100,
     "mlp": _mlp,
@@ -62,6 +68,7 @@ MODELS: dict[str, ModelBuilder] = {
     "vgg19": _vgg("vgg19"),
     "resnet20": _resnet(20),
     "resnet": _resnet(None),
+    "kws-cnn": _kws_cnn,
 }
 
 PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -100,4 +107,4 @@ def prunable_roles(model: nn.Module) -> dict[str, str]:
     return roles
 
 
-__all__ = ["ConvNet", "MLP", "ResNet", "VGG", "MODELS", "build_model", "parameter_names", "prunable_roles"]
+__all__ = ["ConvNet", "KeywordCNN", "MLP", "ResNet", "VGG", "MODELS", "build_model", "parameter_names", "prunable_roles"]
