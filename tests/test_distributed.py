@@ -47,7 +47,7 @@ def _digest(path: Path) -> str:
 def _files(run: Path) -> dict[str, str]:
     """Every result file of a run directory by its path inside it, with its digest."""
     return {str(p.relative_to(run)): _digest(p) for p in sorted(run.rglob("*"))
-            if p.is_file() and p.suffix in (".safetensors", ".json", ".csv", ".toml")}
+            if p.is_file() and p.suffix in (".safetensors", ".json", ".csv", ".toml") and p.relative_to(run).parts[0] != "report"}
 
 
 def _free_port() -> int:
@@ -113,9 +113,11 @@ def test_two_machines_are_two_torchrun_invocations_with_one_rendezvous(single, s
     port = str(_free_port())
     procs = [_torchrun(["--nnodes", "2", "--node-rank", str(node), "--nproc-per-node", "1",
                         "--master-addr", "127.0.0.1", "--master-port", port],
-                       ["find", *TINY, "--data-dir", str(shared_data), "--out", str(tmp_path)]) for node in (0, 1)]
+                       ["find", *TINY, "--data-dir", str(shared_data), "--out", str(tmp_path), "--report"])
+             for node in (0, 1)]
     outputs = [_finish(p) for p in procs]
-    assert "arm" in outputs[0] and outputs[1] == ""  # rank 0 prints the results
+    assert "arm" in outputs[0] and "report:" in outputs[0] and outputs[1] == ""  # rank 0 prints and reports
+    assert (tmp_path / single.name / "report" / "report.md").exists()
     assert _files(tmp_path / single.name) == _files(single)
 
 

@@ -210,6 +210,12 @@ def _find(args: argparse.Namespace) -> None:
                          checkpoint_seconds=args.checkpoint_seconds, max_replicas=args.max_replicas)
     print(f"run: {run_dir}", flush=True)
     find_tickets(config, run_dir, data_dir=args.data_dir, options=options)
+    from .ranks import Ranks, leave_group
+
+    leader = Ranks.current().leader
+    leave_group()  # the group's work is done: what follows reads the run, on rank 0 alone
+    if not leader:
+        return
     print(summary_table(run_dir))
     for note in (late_stop_note(run_dir, config.train.iterations), diverged_note(run_dir)):
         if note:

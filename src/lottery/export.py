@@ -127,6 +127,8 @@ def read_ticket(path: Path | str) -> Ticket:
     """A ticket file, checked: a safetensors file (nothing pickled) that says it is a ticket, with a mask,
     start and trained tensor for every masked name."""
     path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path} does not exist: give a ticket file written by `lottery export`")
     meta = load_metadata(path)
     try:
         info = json.loads(meta["lottery"])
