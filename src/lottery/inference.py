@@ -157,9 +157,10 @@ def break_even(layer: nn.Module, x: torch.Tensor, threads: int = 1, densities: t
     found: dict[str, float | None] = {layout: None for layout in SPARSE_LAYOUTS}
     still = set(SPARSE_LAYOUTS)
     for density in sorted(densities):
-        probe = copy.deepcopy(layer)
+        probe = copy.deepcopy(layer)  # the layer's shape, with weights of exactly this random density
         with torch.no_grad():
-            probe.weight.mul_(torch.rand(layer.weight.shape, generator=generator) < density)
+            keep = torch.rand(layer.weight.shape, generator=generator) < density
+            probe.weight.copy_(torch.randn(layer.weight.shape, generator=generator) * keep)
         for layout in sorted(still):
             if seconds(sparse_form(nn.Sequential(probe), layout), x, threads, 0.1) < dense_time:
                 found[layout] = density
