@@ -113,6 +113,34 @@ def test_compact_folds_constant_units_and_removes_dead_channels():
     assert size_of(small, x).parameters < size_of(net, x, mask).parameters
 
 
+def test_compact_handles_batchnorm_and_the_keyword_spotting_cnn():
+    """Channels of a BN net: one that only BatchNorm's shift drives (folded through the average pool into
+    the output bias), one that nothing reads, one whose weights are all pruned before a padded conv (kept
+    unless BatchNorm makes it 0)."""
+    torch.manual_seed(1)
+    net = lottery.build_model(lottery.ModelConfig(name="kws-cnn"), (1, 40, 49), 10)
+    for norm in net.norms:  # trained-looking statistics
+        norm.running_mean.uniform_(-0.5, 0.5)
+        norm.running_var.uniform_(0.5, 2.0)
+        norm.weight.data.uniform_(0.5, 1.5)
+        norm.bias.data.uniform_(-0.2, 0.5)
+    net.train()
+    mask = {n: torch.rand_like(p) < 0.5 for n, p in net.named_parameters() if n.endswith("weight") and p.dim() > 1}
+    mask["convs.2.weight"][5] = False  # written by nothing: BatchNorm's constant, folded into the fc bias
+    mask["fc.weight"][:, 7] = False  # read by nothing
+    mask["convs.0.weight"][3] = False  # written by nothing, read by a padded conv
+    with torch.no_grad():
+        net.norms[0].bias[3] = -5.0  # ... whose constant ReLU makes 0: it goes
+        for name, m in mask.items():
+            dict(net.named_parameters())[name].mul_(m)
+    x = torch.randn(6, 1, 40, 49)
+    small = compact(net, mask, x)
+    assert net.training  # the model keeps its mode
+    assert small[0].out_channels == 15 and small[1].num_features == 15 and small[-1].in_features == 62
+    with torch.no_grad():
+        assert torch.allclose(small(x), net.eval()(x), atol=1e-5, rtol=0)
+
+
 def test_sparse_forms_and_onnx_give_the_dense_outputs(sparse_run, opened, tmp_path):
     run, model_fn, data = opened
     ticket = ticket_of(sparse_run, level=2)

@@ -1,10 +1,12 @@
 """The compact form of a ticket: the units and channels its mask disconnects, removed into a smaller dense model.
 
-Works on a chain of layers: an `nn.Sequential` of Linear / Conv2d layers with ReLU, MaxPool2d, Flatten,
-Dropout or Identity between them (the registry's MLPs and Conv-2/4/6 give theirs with `.sequential()`).
+Works on a chain of layers: an `nn.Sequential` of Linear / Conv2d layers with ReLU, BatchNorm (eval: its
+running statistics), MaxPool2d, AdaptiveAvgPool2d, Flatten, Dropout or Identity between them (the
+registry's MLPs, Conv-2/4/6 and keyword-spotting CNN give theirs with `.sequential()`).
 A hidden unit (a Linear output, a Conv channel) goes when
   - every weight that reads it is pruned: it feeds nothing; or
-  - every weight that writes it is pruned: it is the constant relu(bias). Then its constant is folded into
+  - every weight that writes it is pruned: it is a constant (its bias through the BatchNorm and ReLU after
+    it). Then its constant is folded into
     the next layer's bias when that layer is Linear (exact up to float rounding); before a padded
     convolution a constant channel is not a constant contribution at the borders, so it goes only when
     the constant is 0.
@@ -22,7 +24,8 @@ from torch import nn
 from .errors import UserError
 
 WEIGHTED = (nn.Linear, nn.Conv2d)
-BETWEEN = (nn.ReLU, nn.MaxPool2d, nn.Flatten, nn.Dropout, nn.Identity)
+NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
+BETWEEN = (nn.ReLU, nn.MaxPool2d, nn.AdaptiveAvgPool2d, nn.Flatten, nn.Dropout, nn.Identity, *NORMS)
 
 
 @dataclass
@@ -46,7 +49,8 @@ def chain_of(model: nn.Module) -> nn.Sequential:
                         f"sequential() method (the registry's MLPs and Conv-2/4/6); {type(model).__name__} is neither")
     for module in chain:
         if not isinstance(module, (*WEIGHTED, *BETWEEN)):
-            raise UserError(f"the compact form handles Linear, Conv2d, ReLU, MaxPool2d, Flatten and Dropout; "
+            raise UserError(f"the compact form handles Linear, Conv2d, ReLU, BatchNorm, MaxPool2d, AdaptiveAvgPool2d, "
+                        f"Flatten and Dropout; "
                             f"{type(model).__name__} has {type(module).__name__}")
     if not any(isinstance(m, WEIGHTED) for m in chain):
         raise UserError(f"{type(model).__name__} has no Linear or Conv2d layer")
@@ -62,8 +66,8 @@ def _names(model: nn.Module, chain: nn.Sequential) -> dict[int, str]:
 def _output_shapes(chain: nn.Sequential, example: torch.Tensor) -> list[tuple[int, ...]]:
     shapes, x = [], example[:1]
     with torch.no_grad():
-        for module in chain:
-            x = module.eval()(x) if not isinstance(module, nn.Dropout) else x
+        for module in copy.deepcopy(chain).eval():  # a copy: the model's own modules keep their mode
+            x = module(x)
             shapes.append(tuple(x.shape[1:]))
     return shapes
 
@@ -107,21 +111,33 @@ def compact(model: nn.Module, mask: dict[str, torch.Tensor], example: torch.Tens
     return chain
 
 
-def _between(chain: nn.Sequential, a: int, b: int, shapes: list[tuple[int, ...]]) -> tuple[bool, int]:
-    """(whether a ReLU is applied between layers a and b; the features per unit of layer a that layer b
-    reads: the spatial size at a Flatten after a conv, else 1). Spatial sizes do not change when channels go."""
-    relu = any(isinstance(chain[k], nn.ReLU) for k in range(a + 1, b))
+def _per_unit(chain: nn.Sequential, a: int, b: int, shapes: list[tuple[int, ...]]) -> int:
+    """The features per unit of layer a that layer b reads: the spatial size at a Flatten after a conv,
+    else 1. Spatial sizes do not change when channels go."""
     flatten = [k for k in range(a + 1, b) if isinstance(chain[k], nn.Flatten)]
     if flatten and isinstance(chain[a], nn.Conv2d):
-        channels, height, width = shapes[flatten[0] - 1]
-        return relu, height * width
-    return relu, 1
+        _, height, width = shapes[flatten[0] - 1]
+        return height * width
+    return 1
+
+
+def _constant_after(chain: nn.Sequential, a: int, b: int, value: torch.Tensor) -> torch.Tensor:
+    """Per unit, what a constant output `value` of layer a is when it reaches layer b: through the
+    BatchNorms (running statistics) and ReLUs between; pools and Flatten keep a constant a constant."""
+    for k in range(a + 1, b):
+        module = chain[k]
+        if isinstance(module, NORMS):
+            value = (value - module.running_mean) / torch.sqrt(module.running_var + module.eps)
+            value = value * module.weight + module.bias if module.affine else value
+        elif isinstance(module, nn.ReLU):
+            value = torch.relu(value)
+    return value
 
 
 def _prune_units(chain: nn.Sequential, a: int, b: int, shapes: list[tuple[int, ...]]) -> bool:
     """Remove the disconnected output units of layer a (the inputs of layer b); True if any went."""
     first, second = chain[a], chain[b]
-    relu, per_unit = _between(chain, a, b, shapes)
+    per_unit = _per_unit(chain, a, b, shapes)
     units = first.weight.shape[0]
     written = first.weight.reshape(units, -1).ne(0).any(dim=1)
     # The weights of layer b that read each unit: Linear [out, units, per_unit, 1], Conv [out, units, k, k].
@@ -129,7 +145,7 @@ def _prune_units(chain: nn.Sequential, a: int, b: int, shapes: list[tuple[int, .
         if isinstance(second, nn.Linear) else second.weight
     reads = outgoing.ne(0).any(dim=3).any(dim=2).any(dim=0)
     bias = first.bias if first.bias is not None else torch.zeros(units, dtype=first.weight.dtype)
-    constant = torch.relu(bias) if relu else bias  # the value of a unit nothing writes
+    constant = _constant_after(chain, a, b, bias)  # the value of a unit nothing writes, as layer b sees it
     foldable = isinstance(second, nn.Linear) and second.bias is not None
     dead = ~reads | (~written & ((constant == 0) | foldable))
     if not dead.any():
@@ -138,16 +154,27 @@ def _prune_units(chain: nn.Sequential, a: int, b: int, shapes: list[tuple[int, .
     if foldable and fold.any():  # constants that still feed the next layer go into its bias
         second.bias += outgoing[:, fold].sum(dim=(2, 3)) @ constant[fold]
     keep = (~dead).nonzero().flatten()
-    if len(keep) == 0:  # one unit of zero weights stays, so that every layer keeps a shape
+    if len(keep) == 0:  # one unit stays, so that every layer keeps a shape; it feeds nothing now
         keep = torch.tensor([0])
-        first.weight[0] = 0
-        if first.bias is not None:
-            first.bias[0] = 0
-        if len(keep) == units:
+        second.weight.view(second.weight.shape[0], units, -1)[:, 0] = 0
+        if units == 1:
             return False
     _select_outputs(first, keep)
+    for k in range(a + 1, b):
+        if isinstance(chain[k], NORMS):
+            _select_channels(chain[k], keep)
     _select_inputs(second, keep, per_unit)
     return True
+
+
+def _select_channels(norm: nn.Module, keep: torch.Tensor) -> None:
+    for name in ("weight", "bias"):
+        if getattr(norm, name, None) is not None:
+            setattr(norm, name, nn.Parameter(getattr(norm, name)[keep].clone()))
+    for name in ("running_mean", "running_var"):
+        if getattr(norm, name, None) is not None:
+            setattr(norm, name, getattr(norm, name)[keep].clone())
+    norm.num_features = len(keep)
 
 
 def _select_outputs(layer: nn.Module, keep: torch.Tensor) -> None:

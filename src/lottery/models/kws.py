@@ -25,6 +25,13 @@ class KeywordCNN(nn.Module):
         for module in [*self.convs, self.fc]:
             nn.init.kaiming_normal_(module.weight)
 
+    def sequential(self) -> nn.Sequential:
+        """The same network as a chain of standard modules sharing these parameters (for lottery.compact)."""
+        chain: list[nn.Module] = []
+        for i, (conv, norm) in enumerate(zip(self.convs, self.norms)):
+            chain += [conv, norm, nn.ReLU()] + ([nn.MaxPool2d(2)] if i < len(self.convs) - 1 else [])
+        return nn.Sequential(*chain, nn.AdaptiveAvgPool2d(1), nn.Flatten(), self.fc)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for i, (conv, norm) in enumerate(zip(self.convs, self.norms)):
             x = F.relu(norm(conv(x)))
