@@ -159,6 +159,7 @@ def test_sparse_forms_and_onnx_give_the_dense_outputs(sparse_run, opened, tmp_pa
     assert all(r["max_difference"] < 1e-5 and r["weight_bytes"] > 0 for r in rows)
     assert rows[2]["weight_bytes"] < rows[0]["weight_bytes"]  # 2% of the weights, as CSR
     assert to_onnx(small, x, tmp_path / "t.onnx") < 1e-5
+    assert [p.name for p in tmp_path.iterdir()] == ["t.onnx"]  # one file: the weights inside, not beside
 
 
 def test_a_foreign_broken_or_mismatched_ticket_is_one_clear_error(sparse_run, opened, tmp_path, monkeypatch):

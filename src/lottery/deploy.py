@@ -51,7 +51,7 @@ def to_onnx(model: nn.Module, example: torch.Tensor, out: Path | str) -> float:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # from the exporter's own pytree calls
             torch.onnx.export(model, (example,), str(out), input_names=["input"], output_names=["logits"],
-                              dynamic_shapes=({0: batch},), dynamo=True, verbose=False)
+                              dynamic_shapes=({0: batch},), dynamo=True, external_data=False, verbose=False)
     finally:
         exporter_log.setLevel(level)
     session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
