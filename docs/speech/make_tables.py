@@ -66,7 +66,7 @@ def main() -> None:
             std_level = min(std_run.levels, key=lambda lv: abs(std_run.percent(lv) - percent))
             reference = own.get(("imp", std_level, speaker), float("nan"))
             curves["imp, speaker in training"][round(percent, 1)].append(reference)
-            if level in (0, 3, 6, 9, 12):
+            if level in (0, 3, 6, 8, 10):
                 print(f"| {speaker} | {level} | {percent:.1f}% | " + " | ".join(f"{100 * c:.1f}" for c in cells)
                       + f" | {100 * reference:.1f} (level {std_level}) |")
     figure, axis = plt.subplots(figsize=(6.4, 4.2))
