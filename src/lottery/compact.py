@@ -37,9 +37,6 @@ class Size:
     flops: int  # dense arithmetic, as a dense kernel runs it
     nonzero_flops: int  # arithmetic on kept weights only: what an ideal sparse kernel would run
 
-    def row(self) -> dict[str, int]:
-        return dict(self.__dict__)
-
 
 def chain_of(model: nn.Module) -> nn.Sequential:
     """The model as a chain of layers, sharing its parameters (not a copy)."""
@@ -96,8 +93,8 @@ def compact(model: nn.Module, mask: dict[str, torch.Tensor], example: torch.Tens
     is an input batch (for the shapes at Flatten). The model is not changed."""
     original = chain_of(model)
     names = _names(model, original)
+    shapes = _output_shapes(original, example)
     chain = copy.deepcopy(original).eval()
-    shapes = _output_shapes(chain, example)
     layers = sorted(names)
     with torch.no_grad():
         for i in layers:

@@ -75,7 +75,7 @@ def model_for(ticket: Ticket, data_dir: Path | str | None = None) -> tuple[Calla
 def measure_ticket(path: Path | str, threads: int = 1, data_dir: Path | str | None = None) -> dict:
     """The ticket's network in every form (lottery.inference) on its own test inputs: sizes, whole-network
     rows per form, per-layer rows with their break-even densities."""
-    from .inference import break_even, compare_forms, compare_layers, layer_inputs
+    from .inference import compare_forms, compare_layers
 
     ticket = read_ticket(path)
     model_fn, data = model_for(ticket, data_dir)
@@ -83,12 +83,7 @@ def measure_ticket(path: Path | str, threads: int = 1, data_dir: Path | str | No
     x256 = data.features(data.x_test[:256]).cpu()
     masked, small, before, after = masked_and_compact(ticket, model_fn(), x256)
     x1 = x256[:1]
-    layers = compare_layers(masked, x1, x256, threads)
-    inputs1, inputs256 = layer_inputs(masked, x1), layer_inputs(masked, x256)
-    for row in layers:
-        layer = masked[row["layer"]]
-        row["break_even_b1"] = break_even(layer, inputs1[row["layer"]], threads)
-        row["break_even_b256"] = break_even(layer, inputs256[row["layer"]], threads)
+    layers = compare_layers(masked, x1, x256, threads, with_break_even=True)
     return {"name": Path(path).name, "info": ticket.info, "threads": threads, "before": before, "after": after,
             "forms": compare_forms(masked, small, x1, x256, threads), "layers": layers}
 

@@ -130,8 +130,10 @@ def compare_forms(masked: nn.Sequential, compact: nn.Sequential, x1: torch.Tenso
     return rows
 
 
-def compare_layers(masked: nn.Sequential, x1: torch.Tensor, x256: torch.Tensor, threads: int = 1) -> list[dict]:
-    """Per Linear / Conv2d layer: dense vs CSR vs BSR at batch 1 and 256 (ms per call), with its density."""
+def compare_layers(masked: nn.Sequential, x1: torch.Tensor, x256: torch.Tensor, threads: int = 1,
+                   with_break_even: bool = False) -> list[dict]:
+    """Per Linear / Conv2d layer: dense vs CSR vs BSR at batch 1 and 256 (ms per call), with its density;
+    `with_break_even`: also `break_even_b1` and `break_even_b256` (see break_even)."""
     rows = []
     inputs1, inputs256 = layer_inputs(masked, x1), layer_inputs(masked, x256)
     for i, layer in enumerate(masked):
@@ -143,6 +145,9 @@ def compare_layers(masked: nn.Sequential, x1: torch.Tensor, x256: torch.Tensor, 
             form = layer if layout == "dense" else sparse_form(nn.Sequential(layer), layout)
             row[f"{layout}_ms_b1"] = 1e3 * seconds(form, inputs1[i], threads, 0.1)
             row[f"{layout}_ms_b256"] = 1e3 * seconds(form, inputs256[i], threads, 0.1)
+        if with_break_even:
+            row["break_even_b1"] = break_even(layer, inputs1[i], threads)
+            row["break_even_b256"] = break_even(layer, inputs256[i], threads)
         rows.append(row)
     return rows
 
