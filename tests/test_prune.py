@@ -100,17 +100,44 @@ def test_an_n_of_m_pattern_keeps_at_most_n_per_group_chosen_by_score_then_the_la
     assert all((second[n] <= first[n]).all() for n in second)
 
 
-def test_a_pattern_run_gives_n_of_m_masks_at_every_level(tmp_path, mnist1d):
+def _keeps_2_of_4(mask: dict[str, torch.Tensor]) -> bool:
+    return all((m.bool().reshape(m.shape[0], -1, 4).sum(2) <= 2).all() for m in mask.values())
+
+
+def test_a_pattern_run_gives_n_of_m_masks_at_every_level_for_the_ticket_and_its_mask_controls(tmp_path, mnist1d):
     config = tiny_config(pattern="2:4")
+    config.arms = ["imp", "random", "init-magnitude", "one-shot"]
     run = lottery.find_tickets(config, tmp_path / "run", data=mnist1d, options=lottery.RunOptions(progress=False))
     percents = []
     for level in range(config.prune.levels + 1):
-        mask = load_tensors(run / "trial_0" / f"level_{level:02d}" / "mask.safetensors")
-        for name, m in mask.items():
-            rows = m.bool().reshape(m.shape[0], -1)
-            assert level == 0 or (rows.view(rows.shape[0], -1, 4).sum(2) <= 2).all(), name
+        folder = run / "trial_0" / f"level_{level:02d}"
+        mask = load_tensors(folder / "mask.safetensors")
+        assert level == 0 or _keeps_2_of_4(mask)
         percents.append(lottery.percent_remaining({n: m.bool() for n, m in mask.items()}))
+        for arm in config.arms[1:]:
+            if level == 0:
+                continue
+            control = load_tensors(folder / arm / "mask.safetensors")
+            assert _keeps_2_of_4(control), arm  # a control the ticket could have been: not unstructured
+            assert {n: int(m.sum()) for n, m in control.items()} == {n: int(m.sum()) for n, m in mask.items()}
+            same_as_ticket = all(torch.equal(control[n], mask[n]) for n in mask)
+            assert same_as_ticket == (arm == "one-shot" and level == 1), arm  # one-shot's level 1 is IMP's
     assert percents[0] == 100 and abs(percents[1] - 50) < 1e-9 and percents[2] < percents[1]
     config.prune.pattern = "4:2"
     with pytest.raises(lottery.UserError, match="prune.pattern must be N:M"):
         lottery.find_tickets(config, tmp_path / "bad", data=mnist1d)
+
+
+def test_a_random_control_in_a_pattern_keeps_the_tickets_counts_and_the_pattern_a_short_last_group_too():
+    from lottery.arms import random_mask
+    torch.manual_seed(0)
+    scores = {"w": torch.rand(6, 10)}  # rows of 10: groups of 4, 4 and a last one of 2
+    dense = {"w": torch.ones(6, 10, dtype=torch.bool)}
+    ticket = prune_round(scores, prune_round(scores, dense, {"w": "hidden"}, 0.2, 0.1, pattern=(2, 4)),
+                         {"w": "hidden"}, 0.2, 0.1, pattern=(2, 4))
+    for seed in range(5):
+        control = random_mask(ticket, seed, pattern=(2, 4))
+        padded = torch.nn.functional.pad(control["w"], (0, 2)).view(6, 3, 4)
+        assert (padded.sum(2) <= 2).all() and int(control["w"].sum()) == int(ticket["w"].sum())
+    assert not torch.equal(random_mask(ticket, 0, (2, 4))["w"], random_mask(ticket, 1, (2, 4))["w"])
+    assert not _keeps_2_of_4({"w": random_mask({"w": torch.ones(8, 8, dtype=torch.bool).tril()}, 0)["w"]})

@@ -104,13 +104,15 @@ class Tickets:
         path = self.store.arm_dir(trial, level, arm) / "mask.safetensors"
         if not path.exists():
             reference = self.mask(trial, level)
+            pattern = parse_pattern(self.config.prune.pattern)  # the controls keep the ticket's N:M pattern
             if arm == "random":
-                mask = random_mask(reference, derive_seed(self.config.seed, "random-mask", trial, level))
+                mask = random_mask(reference, derive_seed(self.config.seed, "random-mask", trial, level), pattern)
             elif arm == "init-magnitude":
                 init = self.init(trial)
-                mask = mask_with_counts({n: init[n].abs() for n in reference}, reference)
+                mask = mask_with_counts({n: init[n].abs() for n in reference}, reference, pattern)
             else:  # one-shot: the criterion on the dense network's training, straight to these counts
-                mask = mask_with_counts(self.scores(trial, 0, list(reference), seed_level=level)[1], reference)
+                scores = self.scores(trial, 0, list(reference), seed_level=level)[1]
+                mask = mask_with_counts(scores, reference, pattern)
             save_tensors(path, mask, record(reference=tensor_digest(reference)))
         return {n: t.bool() for n, t in load_tensors(path, self.device).items()}
 
