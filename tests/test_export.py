@@ -170,8 +170,13 @@ def test_a_foreign_broken_or_mismatched_ticket_is_one_clear_error(sparse_run, op
     path = export_ticket(sparse_run, tmp_path / "t.safetensors", level=1)
     broken = tmp_path / "broken.safetensors"
     broken.write_bytes(path.read_bytes()[:-100])
-    with pytest.raises(UserError, match="broken.safetensors"):
+    with pytest.raises(UserError, match="broken.safetensors is not a readable lottery ticket file .*written by .lottery export"):
         read_ticket(broken)
+    foreign = tmp_path / "notes.txt"
+    foreign.write_text("not a tensor file\n")
+    with pytest.raises(UserError, match="notes.txt is not a readable lottery ticket file") as refused:
+        read_ticket(foreign)
+    assert "remove" not in str(refused.value)  # a file of the user's: never told to delete it
     other = lottery.build_model(lottery.ModelConfig(name="mlp", hidden=[64, 16]), (1, 28, 28), 10)
     with pytest.raises(UserError, match="layers.1.bias is \\[32\\] in the ticket and \\[16\\] in the model"):
         load_ticket(path, other)

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
-from .errors import UserError
+from .errors import BrokenFile, UserError
 from .finished import FinishedRun, open_run
 from .masks import count
 from .store import hold_run, load_metadata, load_tensors, save_tensors
@@ -129,7 +129,13 @@ def read_ticket(path: Path | str) -> Ticket:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path} does not exist: give a ticket file written by `lottery export`")
-    meta = load_metadata(path)
+    try:
+        meta = load_metadata(path)
+        tensors = load_tensors(path)
+    except BrokenFile as exc:  # the store's advice is for a run's own files; this one is the user's
+        reason = str(exc).split(" (", 1)[-1].rsplit(");", 1)[0]
+        raise UserError(f"{path} is not a readable lottery ticket file ({reason}); give one written by "
+                        f"`lottery export RUN_DIR --out FILE`") from None
     try:
         info = json.loads(meta["lottery"])
         if info.get("format") != FORMAT:
@@ -137,7 +143,6 @@ def read_ticket(path: Path | str) -> Ticket:
     except (KeyError, ValueError, TypeError, AttributeError):
         raise UserError(f"{path} is not a lottery ticket file (no '{FORMAT}' metadata); export one with "
                         f"`lottery export RUN_DIR --out FILE`") from None
-    tensors = load_tensors(path)
     parts: dict[str, dict[str, torch.Tensor]] = {p: {} for p in PARTS}
     for key, tensor in tensors.items():
         part, _, name = key.partition("/")
