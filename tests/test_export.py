@@ -148,7 +148,12 @@ def test_sparse_forms_and_onnx_give_the_dense_outputs(sparse_run, opened, tmp_pa
     masked, small, _, _ = masked_and_compact(ticket, model_fn(), x)
     with torch.no_grad():
         for layout in ("csr", "bsr"):
-            assert torch.allclose(sparse_form(masked, layout)(x), masked(x), atol=1e-5, rtol=0)
+            form = sparse_form(masked, layout)
+            assert torch.allclose(form(x), masked(x), atol=1e-5, rtol=0)
+            first = next(i for i, m in enumerate(masked) if isinstance(m, nn.Linear))
+            weight = form[first].weight
+            assert weight.crow_indices().dtype == weight.col_indices().dtype == torch.int32  # 4-byte indices
+            assert layout == "bsr" or weight._nnz() == int(masked[first].weight.ne(0).sum())
         conv = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 36, 4)).eval()
         conv[0].weight.mul_(torch.rand_like(conv[0].weight) < 0.3)
         images = torch.randn(2, 3, 6, 6)
