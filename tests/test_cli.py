@@ -1,4 +1,5 @@
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -78,6 +79,11 @@ def test_find_and_report_on_real_mnist(tmp_path, shared_data):
     assert "51.3" not in result.stdout and "64.1" in result.stdout  # level 2: 0.8^2 hidden, 0.9^2 output
     # 60 iterations are far too few: every network is still improving at the end, and find says so.
     assert "note: 3 of 3 networks reached early stop in the last 10% of the 60 iterations" in result.stdout
+    # Without bars, a log line per finished pass: when, which, how long, and what it reached.
+    passes = [line for line in result.stderr.splitlines() if " level_0" in line]
+    assert [line.split()[2] for line in passes] == ["level_00:", "level_01:", "level_02:"], result.stderr
+    assert re.search(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d level_02: 1 network x 60 iterations in \d+m\d\ds; "
+                     r"test accuracy at early stop \(mean\): imp \d+\.\d\d% at \d+$", passes[2]), passes[2]
     report = run_cli("report", str(run_dir))
     assert report.returncode == 0, report.stderr
     for name in ("accuracy.png", "early_stop.png", "curves.png", "report.md"):

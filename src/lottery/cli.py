@@ -57,7 +57,8 @@ def _parser() -> argparse.ArgumentParser:
                       help="evaluate the test set at every evaluation (full test curves); without it, once per network "
                            "on its weights at the early-stop iteration, which gives the same metrics faster")
     find.add_argument("--precision", help="float32 (default) or bf16 (bf16 matmuls, float32 master weights)")
-    find.add_argument("--no-progress", action="store_true", help="no progress bars")
+    find.add_argument("--no-progress", action="store_true",
+                      help="no progress bars: one line per finished training pass instead (for logs)")
     find.add_argument("--report", action="store_true", help="write the report when the run ends")
 
     report = commands.add_parser("report", help="write RUN_DIR/report/: figures and report.md")
@@ -206,7 +207,7 @@ def _find(args: argparse.Namespace) -> None:
     if not (math.isfinite(args.checkpoint_seconds) and args.checkpoint_seconds >= 0):
         raise UserError(f"--checkpoint-seconds must be a finite number, 0 or more, got {args.checkpoint_seconds}")
     run_dir = args.out / config.run_name()
-    options = RunOptions(device=args.device, progress=not args.no_progress,
+    options = RunOptions(device=args.device, progress=not args.no_progress, log_passes=args.no_progress,
                          checkpoint_seconds=args.checkpoint_seconds, max_replicas=args.max_replicas)
     print(f"run: {run_dir}", flush=True)
     find_tickets(config, run_dir, data_dir=args.data_dir, options=options)

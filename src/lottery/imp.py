@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +47,7 @@ class RunOptions:
 
     device: str = "cpu"
     progress: bool = True
+    log_passes: bool = False  # one line per finished training pass on stderr: for logs, where bars are noise
     checkpoint_seconds: float = 60.0  # at most this long of training is lost on a kill
     max_replicas: int | None = None  # replicas per training pass; None: as many as memory and speed favour
 
@@ -147,7 +149,8 @@ class _Procedure:
         self.track_path = needs_path(config.prune.criterion)
         self.tickets = Tickets(config, store, model_fn, roles, options.device, self.track_path)
         self.lineage = LineageCheck(store, list(config.arms), bool(config.prune.one_shot))
-        self.progress = Progress(enabled=options.progress and self.ranks.leader, levels=len(self.levels))
+        self.progress = Progress(enabled=options.progress and self.ranks.leader, levels=len(self.levels),
+                                 log=options.log_passes and self.ranks.leader)
         self.replicas_per_pass = replicas_per_pass(model, options.device,
                                                    eval_batch_for(model, data.features(data.x_train[:1])),
                                                    config.train.batch_size, options.max_replicas)
@@ -240,11 +243,14 @@ class _Procedure:
         cfg = self.config.train
         if self._finetuned(jobs[0]):  # the ticket's trained weights at a fixed small learning rate
             cfg = dataclasses.replace(cfg, lr=self.config.prune.finetune_lr, warmup=0, milestones=[])
+        started = time.monotonic()
         results = self._train_pass(name, jobs, specs, stream_trials, start_iteration, cfg,
                                    snapshot_at=k if levels == [0] else 0)
         for job, spec, result in zip(jobs, specs, results):
             self._save_result(job, spec, result)
         finish_pass(self.store.checkpoint_paths(name)[0])
+        self.progress.pass_done(name, pass_summary(jobs, results, cfg.iterations - start_iteration,
+                                                   time.monotonic() - started))
 
     def _train_pass(self, name: str, jobs: list[Job], specs: list[ReplicaSpec], stream_trials: list[int],
                     start_iteration: int, cfg: TrainConfig, snapshot_at: int) -> list[ReplicaResult]:
@@ -284,3 +290,16 @@ class _Procedure:
             "mask_digest": tensor_digest(spec.mask),
             **result.metrics(),
         })
+
+
+def pass_summary(jobs: list[Job], results: list[ReplicaResult], iterations: int, seconds: float) -> str:
+    """One line for a log: how many networks, how long, and per arm the mean test accuracy and iteration
+    at early stop (the pass may have resumed: its time is this process's part)."""
+    by_arm: dict[str, list[ReplicaResult]] = {}
+    for job, result in zip(jobs, results):
+        by_arm.setdefault(job.arm, []).append(result)
+    arms = ", ".join(f"{arm} {100 * sum(r.early_stop_test_accuracy for r in rs) / len(rs):.2f}% at "
+                     f"{round(sum(r.early_stop_iteration for r in rs) / len(rs))}" for arm, rs in by_arm.items())
+    minutes, secs = divmod(round(seconds), 60)
+    return (f"{len(results)} network{'s' if len(results) != 1 else ''} x {iterations} iterations in {minutes}m{secs:02d}s; "
+            f"test accuracy at early stop (mean): {arms}")

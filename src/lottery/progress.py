@@ -2,14 +2,17 @@
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Callable
 
 from tqdm import tqdm
 
 
 class Progress:
-    def __init__(self, enabled: bool, levels: int) -> None:
-        self.enabled = enabled
+    """Bars when `enabled`; with `log`, one timestamped line per finished training pass (bars or not)."""
+
+    def __init__(self, enabled: bool, levels: int, log: bool = False) -> None:
+        self.enabled, self.log = enabled, log
         self._levels = tqdm(total=levels, desc="levels", unit="level", position=0, file=sys.stderr,
                             dynamic_ncols=True) if enabled and levels else None
         self._iterations: tqdm | None = None
@@ -45,6 +48,15 @@ class Progress:
             tqdm.write(f"lottery: warning: {text}", file=sys.stderr)
         else:
             print(f"lottery: warning: {text}", file=sys.stderr, flush=True)
+
+    def pass_done(self, name: str, summary: str) -> None:
+        if not self.log:
+            return
+        line = f"{time.strftime('%Y-%m-%d %H:%M:%S')} {name}: {summary}"
+        if self.enabled:
+            tqdm.write(line, file=sys.stderr)
+        else:
+            print(line, file=sys.stderr, flush=True)
 
     def note(self, text: str) -> None:
         if self.enabled:
