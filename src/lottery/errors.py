@@ -6,7 +6,12 @@ class UserError(Exception):
 
 
 class BrokenFile(UserError):
-    """A file that is missing, truncated or not what it should be; the message names it and the fix."""
+    """A file that is missing, truncated or not what it should be; the message names it and the fix.
+    `reason` is what is wrong, without the fix (for callers whose file is not a run's own)."""
+
+    def __init__(self, message: str, reason: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason or message
 
 
 class WriteFailed(UserError):

@@ -133,8 +133,7 @@ def read_ticket(path: Path | str) -> Ticket:
         meta = load_metadata(path)
         tensors = load_tensors(path)
     except BrokenFile as exc:  # the store's advice is for a run's own files; this one is the user's
-        reason = str(exc).split(" (", 1)[-1].rsplit(");", 1)[0]
-        raise UserError(f"{path} is not a readable lottery ticket file ({reason}); give one written by "
+        raise UserError(f"{path} is not a readable lottery ticket file ({exc.reason}); give one written by "
                         f"`lottery export RUN_DIR --out FILE`") from None
     try:
         info = json.loads(meta["lottery"])

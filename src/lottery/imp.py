@@ -301,5 +301,5 @@ def pass_summary(jobs: list[Job], results: list[ReplicaResult], iterations: int,
     arms = ", ".join(f"{arm} {100 * sum(r.early_stop_test_accuracy for r in rs) / len(rs):.2f}% at "
                      f"{round(sum(r.early_stop_iteration for r in rs) / len(rs))}" for arm, rs in by_arm.items())
     minutes, secs = divmod(round(seconds), 60)
-    return (f"{len(results)} network{'s' if len(results) != 1 else ''} x {iterations} iterations in {minutes}m{secs:02d}s; "
-            f"test accuracy at early stop (mean): {arms}")
+    networks = f"{len(results)} network{'s' if len(results) != 1 else ''}"
+    return f"{networks} x {iterations} iterations in {minutes}m{secs:02d}s; test accuracy at early stop (mean): {arms}"

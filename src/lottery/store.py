@@ -147,7 +147,7 @@ def remedy(path: Path) -> str:
 
 def _broken(path: Path, what: str, detail: object) -> BrokenFile:
     text = str(detail).strip().splitlines()[0] if str(detail).strip() else type(detail).__name__
-    return BrokenFile(f"{path} is {what} ({text[:120]}); {remedy(path)}")
+    return BrokenFile(f"{path} is {what} ({text[:120]}); {remedy(path)}", reason=text[:120])
 
 
 def load_tensors(path: Path, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
