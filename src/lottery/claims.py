@@ -1,4 +1,5 @@
-"""Check a run against the paper's quantitative claims (Frankle & Carbin 2019, LeNet-300-100 on MNIST).
+"""Check a run against the paper's quantitative claims (Frankle & Carbin 2019): LeNet-300-100 on MNIST
+here, Conv-2/4/6 on CIFAR-10 in conv_claims.
 
 Each claim is tested from results.csv alone and reported as reproduced yes / no / not-testable, with
 this run's value and its spread (mean [min, max] over trials). The thresholds are fixed here, before
@@ -6,59 +7,21 @@ any run, from the paper's statements; they are never adjusted to make a run pass
 """
 from __future__ import annotations
 
-import math
-from collections import defaultdict
-from dataclasses import dataclass
 from statistics import mean
 
+from .claims_table import ClaimResult, ResultsTable, spread
 from .config import RunConfig
+from .conv_claims import PAPER_CONV, check_conv_claims, conv_protocol_caveats
 
 PAPER_LADDER = {3: 51.3, 7: 21.1, 9: 13.5, 12: 7.0, 15: 3.6, 16: 2.9, 18: 1.9}
 
 
-@dataclass
-class ClaimResult:
-    claim: str
-    paper: str
-    measured: str
-    verdict: str  # "yes" | "no" | "not testable"
-
-
-def _spread(values: list[float], fmt: str = ".2f") -> str:
-    if not values:
-        return "-"
-    return f"{mean(values):{fmt}} [{min(values):{fmt}}, {max(values):{fmt}}]" if len(values) > 1 else f"{values[0]:{fmt}}"
-
-
-class _Table:
-    """results rows indexed by (arm, level) -> {trial: row}."""
-
-    def __init__(self, rows: list[dict]) -> None:
-        self.by: dict[tuple[str, int], dict[int, dict]] = defaultdict(dict)
-        for row in rows:
-            self.by[(row["arm"], int(row["level"]))][int(row["trial"])] = row
-
-    def percent(self, level: int) -> float | None:
-        rows = self.by.get(("imp", level))
-        return float(next(iter(rows.values()))["percent_remaining"]) if rows else None
-
-    def level_near(self, target: float, tolerance: float = 0.1) -> int | None:
-        levels = [lv for (arm, lv) in self.by if arm == "imp"]
-        if not levels:
-            return None
-        best = min(levels, key=lambda lv: abs(math.log(self.percent(lv) / target)))
-        return best if abs(self.percent(best) / target - 1) <= tolerance else None
-
-    def values(self, arm: str, level: int, metric: str) -> dict[int, float]:
-        return {t: float(r[metric]) for t, r in self.by.get((arm, level), {}).items()}
-
-    def paired(self, a: tuple[str, int], b: tuple[str, int], metric: str, op) -> list[float]:
-        va, vb = self.values(*a, metric), self.values(*b, metric)
-        return [op(va[t], vb[t]) for t in sorted(set(va) & set(vb))]
-
-
 def check_claims(rows: list[dict], config: RunConfig) -> list[ClaimResult]:
-    table = _Table(rows)
+    """The paper's claims for the run's setting: its Conv-2/4/6 claims for those nets on CIFAR-10, else its
+    LeNet-300-100 claims (not testable outside lenet300-100 on MNIST)."""
+    table = ResultsTable(rows)
+    if config.model.name in PAPER_CONV and config.data.dataset == "cifar10":
+        return check_conv_claims(table, config)
     paper_setting = config.model.name == "lenet300-100" and config.data.dataset == "mnist"
     why_not = "" if paper_setting else f" (the paper's numbers are for lenet300-100 on mnist, this run is {config.model.name} on {config.data.dataset})"
     out = [_ladder(table, config)]
@@ -69,7 +32,7 @@ def check_claims(rows: list[dict], config: RunConfig) -> list[ClaimResult]:
     return out
 
 
-def _ladder(table: _Table, config: RunConfig) -> ClaimResult:
+def _ladder(table: ResultsTable, config: RunConfig) -> ClaimResult:
     claim = "1. percent remaining per level (fc 20% / output 10% per round)"
     paper = ", ".join(f"L{lv}: {p}" for lv, p in PAPER_LADDER.items())
     p = config.prune
@@ -86,29 +49,29 @@ def _ladder(table: _Table, config: RunConfig) -> ClaimResult:
     return ClaimResult(claim, paper, measured, verdict)
 
 
-def _sooner_than_dense(table: _Table, why_not: str) -> ClaimResult:
+def _sooner_than_dense(table: ResultsTable, why_not: str) -> ClaimResult:
     claim = "2. at ~21% remaining, early stop comes >= 38% sooner than the dense net (ES iteration ratio <= 0.62)"
     paper = "ratio <= 0.62"
     level = table.level_near(21.1)
     if why_not or level is None or not table.values("imp", 0, "early_stop_iteration"):
         return ClaimResult(claim, paper, "-", "not testable" + (why_not or " (no dense level or no level near 21%)"))
     ratios = table.paired(("imp", level), ("imp", 0), "early_stop_iteration", lambda a, b: a / b)
-    return ClaimResult(claim, paper, f"{_spread(ratios)} at {table.percent(level):.1f}%",
+    return ClaimResult(claim, paper, f"{spread(ratios)} at {table.percent(level):.1f}%",
                        "yes" if mean(ratios) <= 0.62 else "no")
 
 
-def _more_accurate_than_dense(table: _Table, why_not: str) -> ClaimResult:
+def _more_accurate_than_dense(table: ResultsTable, why_not: str) -> ClaimResult:
     claim = "3. at 13.5% remaining, test accuracy at early stop exceeds the dense net's by > 0.3 points"
     paper = "> +0.3 points"
     level = table.level_near(13.5)
     if why_not or level is None or not table.values("imp", 0, "early_stop_test_accuracy"):
         return ClaimResult(claim, paper, "-", "not testable" + (why_not or " (no dense level or no level near 13.5%)"))
     gains = table.paired(("imp", level), ("imp", 0), "early_stop_test_accuracy", lambda a, b: 100 * (a - b))
-    return ClaimResult(claim, paper, f"{_spread(gains, '+.2f')} points at {table.percent(level):.1f}%",
+    return ClaimResult(claim, paper, f"{spread(gains, '+.2f')} points at {table.percent(level):.1f}%",
                        "yes" if mean(gains) > 0.3 else "no")
 
 
-def _reinit_vs_ticket_against_dense(table: _Table, why_not: str) -> ClaimResult:
+def _reinit_vs_ticket_against_dense(table: ResultsTable, why_not: str) -> ClaimResult:
     claim = ("4. reinitialized tickets fall below the dense net from ~21% remaining; winning tickets stay "
              "at or above it down to ~2.9%")
     paper = "reinit < dense at <= 21.1%; imp >= dense at >= 2.9%"
@@ -130,7 +93,7 @@ def _reinit_vs_ticket_against_dense(table: _Table, why_not: str) -> ClaimResult:
     return ClaimResult(claim, paper, measured, "yes" if reinit_margin < 0 and imp_margin >= 0 else "no")
 
 
-def _ticket_vs_reinit(table: _Table, why_not: str) -> ClaimResult:
+def _ticket_vs_reinit(table: ResultsTable, why_not: str) -> ClaimResult:
     claim = ("5. at ~21% remaining the ticket reaches early stop ~2.5x sooner than its reinitialization and is "
              "~0.5 points more accurate (tested as: ratio >= 2.0 and gain >= 0.25 points)")
     paper = "~2.5x sooner, ~+0.5 points"
@@ -139,12 +102,14 @@ def _ticket_vs_reinit(table: _Table, why_not: str) -> ClaimResult:
         return ClaimResult(claim, paper, "-", "not testable" + (why_not or " (needs the reinit arm near 21%)"))
     ratios = table.paired(("reinit", level), ("imp", level), "early_stop_iteration", lambda a, b: a / b)
     gains = table.paired(("imp", level), ("reinit", level), "early_stop_test_accuracy", lambda a, b: 100 * (a - b))
-    measured = f"{_spread(ratios)}x sooner, {_spread(gains, '+.2f')} points at {table.percent(level):.1f}%"
+    measured = f"{spread(ratios)}x sooner, {spread(gains, '+.2f')} points at {table.percent(level):.1f}%"
     return ClaimResult(claim, paper, measured, "yes" if mean(ratios) >= 2.0 and mean(gains) >= 0.25 else "no")
 
 
 def protocol_caveats(config: RunConfig, trials: int) -> list[str]:
     """Where this run departs from the paper's protocol, so a reader can weigh the verdicts."""
+    if config.model.name in PAPER_CONV and config.data.dataset == "cifar10":
+        return conv_protocol_caveats(config, trials)
     t, notes = config.train, []
     if (t.optimizer, t.lr, t.batch_size, t.eval_every) != ("adam", 1.2e-3, 60, 100):
         notes.append(f"training differs from the paper's Adam 1.2e-3, batch 60, validation every 100: "

@@ -169,8 +169,9 @@ def write_report(run_dir: Path | str) -> Path:
     trials = len({r["trial"] for r in rows})
     claims = claims_markdown(check_claims(rows, config), protocol_caveats(config, trials))
     prunable = rows[0]["prunable_weights"]
+    conv = f"conv {config.conv_rate():g} / " if config.conv_rate() is not None else ""
     mode = f"one-shot to {config.prune.one_shot} %" if config.prune.one_shot else (
-        f"iterative, {config.prune.scope}, hidden {config.prune.rate_hidden:g} / output {config.prune.rate_output:g} "
+        f"iterative, {config.prune.scope}, {conv}hidden {config.prune.rate_hidden:g} / output {config.prune.rate_output:g} "
         f"per level, rewind to iteration {config.prune.rewind_iteration}")
     text = f"""# Report: {store.root.name}
 
