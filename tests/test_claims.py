@@ -1,6 +1,7 @@
 """The claims check on small synthetic results tables: it reports what it sees, both ways."""
 import lottery
-from lottery.claims import PAPER_LADDER, check_claims
+from lottery.claims import PAPER_LADDER, check_claims, protocol_caveats
+from lottery.conv_claims import PAPER_CONV
 
 LADDER = {0: 100.0, **{lv: p for lv, p in PAPER_LADDER.items()}}
 
@@ -83,3 +84,15 @@ def test_conv6_ladder_differs_from_the_paper_and_says_why():
     results = check_claims(rows, config)
     assert results[0].verdict.startswith("no") and "1.7M" in results[0].verdict
     assert results[1].verdict == "yes" and "15.3%" in results[1].measured  # the paper's 15.1% level, ours 15.3%
+
+
+def test_the_papers_conv_protocol_is_the_presets_and_departures_are_named():
+    for name, paper in PAPER_CONV.items():
+        config = lottery.get_preset(f"{name}-cifar10")
+        assert (config.train.lr, config.train.iterations, config.conv_rate()) == (paper.lr, paper.iterations,
+                                                                                  paper.rate_conv)
+        assert protocol_caveats(config, 5) == []
+    config = lottery.get_preset("conv2-cifar10")
+    config.train.iterations, config.train.precision = 5000, "bf16"
+    caveats = protocol_caveats(config, 2)
+    assert len(caveats) == 3 and "5,000 iterations" in caveats[0] and "bf16" in caveats[1] and "2 trial" in caveats[2]
