@@ -91,7 +91,8 @@ def test_noise_scales_with_the_layer_init_std_and_keeps_pruned_weights_zero():
 
 
 def test_noise_run_trains_noisy_tickets_and_measures_inference_noise(small_run, shared_data):
-    out = noise_run(small_run, [1.0], levels=[1], draws=2, data_dir=shared_data, progress=False)
+    out = noise_run(small_run, [1.0], levels=[1], draws=2, data_dir=shared_data,
+                    options=lottery.RunOptions(progress=False))
     training = load_csv(out / "training.csv")
     assert sorted(r["arm"] for r in training) == ["imp", "imp", "noisy-init", "noisy-init", "reinit", "reinit"]
     inference = load_csv(out / "inference.csv")

@@ -156,6 +156,17 @@ def test_bad_stability_input_is_one_line_and_exit_2(finished, flags, problem):
         result.stderr
 
 
+def test_stability_without_bars_logs_one_line_per_pass(finished):
+    result = run_cli("stability", str(finished), "--levels", "1", "--rewind", "10", "--alphas", "2", "--arms", "imp",
+                     "--max-replicas", "2", "--checkpoint-seconds", "0", "--no-progress")
+    assert result.returncode == 0, result.stderr
+    passes = [line.split(" ", 2)[2] for line in result.stderr.splitlines() if " k10 " in line]
+    # 2 trials x 2 copies, 2 per pass: two passes from iteration 10 to 120
+    assert [p.split(":")[0] for p in passes] == ["k10 1/2", "k10 2/2"], result.stderr
+    assert all(p.startswith(("k10 1/2: 2 networks x 110 iterations in ", "k10 2/2: 2 networks x 110 iterations in "))
+               and " imp " in p for p in passes), passes
+
+
 def test_stability_of_a_folder_that_is_no_run(tmp_path):
     result = run_cli("stability", str(tmp_path))
     assert result.returncode == 2 and "not a finished `lottery find` run" in result.stderr

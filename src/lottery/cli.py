@@ -8,9 +8,13 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 from statistics import mean
+from typing import TYPE_CHECKING
 
 from .config import RunConfig, apply_overrides, scale_schedule, set_value, validate
 from .errors import UserError
+
+if TYPE_CHECKING:
+    from .imp import RunOptions
 
 
 class _Parser(argparse.ArgumentParser):
@@ -50,9 +54,7 @@ def _parser() -> argparse.ArgumentParser:
     find.add_argument("--data-dir", type=Path, help="datasets folder (else $LOTTERY_DATA, else ~/.cache/lottery)")
     find.add_argument("--out", type=Path, default=Path("runs"), help="parent folder of run directories (default runs/)")
     find.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    find.add_argument("--max-replicas", type=int, help="replicas trained together in one pass (default: chosen "
-                      "from model size, free memory and device)")
-    find.add_argument("--checkpoint-seconds", type=float, default=60.0, help="checkpoint a training pass this often")
+    _training_flags(find)
     find.add_argument("--test-curves", action=argparse.BooleanOptionalAction, default=None,
                       help="evaluate the test set at every evaluation (full test curves); without it, once per network "
                            "on its weights at the early-stop iteration, which gives the same metrics faster")
@@ -89,6 +91,7 @@ def _parser() -> argparse.ArgumentParser:
                        "(default 0.5,1,2,3)")
     noise.add_argument("--levels", help="levels (default: nearest 100, 51.3, 21.1, 7.0, 3.6, 1.9 %%)")
     noise.add_argument("--draws", type=int, default=5, help="noise draws per network for the inference view")
+    _training_flags(noise)
     _common(noise)
 
     transfer = commands.add_parser("transfer", help="train tickets found on one dataset on another")
@@ -101,7 +104,7 @@ def _parser() -> argparse.ArgumentParser:
                           help="a finished run on the target data to compare with (else one is trained, with "
                                "arms imp,reinit,random)")
     transfer.add_argument("--levels", help="levels of the sources to transfer (default all)")
-    transfer.add_argument("--max-replicas", type=int, help="replicas trained together in one pass")
+    _training_flags(transfer)
     _common(transfer)
 
     stability = commands.add_parser("stability", help="instability analysis: train two copies from iteration k on "
@@ -121,7 +124,7 @@ def _parser() -> argparse.ArgumentParser:
                            help="both copies see the same data order and draws: a control whose instability is 0")
     stability.add_argument("--train-examples", type=int, default=10_000,
                            help="training examples for the train error (and BatchNorm statistics); default 10000")
-    stability.add_argument("--max-replicas", type=int, help="replicas trained together in one pass")
+    _training_flags(stability)
     _common(stability)
 
     export = commands.add_parser("export", help="write one network of a run to a ticket file you can take away "
@@ -154,7 +157,28 @@ def _parser() -> argparse.ArgumentParser:
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", type=Path, help="datasets folder (else $LOTTERY_DATA, else ~/.cache/lottery)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bars (commands that train log one line per finished pass instead)")
+
+
+def _training_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags of every command that trains: how a pass runs, never what it computes."""
+    parser.add_argument("--max-replicas", type=int, help="replicas trained together in one pass (default: chosen "
+                        "from model size, free memory and device)")
+    parser.add_argument("--checkpoint-seconds", type=float, default=60.0,
+                        help="checkpoint a training pass this often (at most this much training is lost on a kill)")
+
+
+def _run_options(args: argparse.Namespace) -> RunOptions:
+    """RunOptions from the training flags; --no-progress swaps the bars for one log line per finished pass."""
+    from .imp import RunOptions
+
+    if args.max_replicas is not None and args.max_replicas < 1:
+        raise UserError(f"--max-replicas must be at least 1, got {args.max_replicas}")
+    if not (math.isfinite(args.checkpoint_seconds) and args.checkpoint_seconds >= 0):
+        raise UserError(f"--checkpoint-seconds must be a finite number, 0 or more, got {args.checkpoint_seconds}")
+    return RunOptions(device=_device(args.device), progress=not args.no_progress, log_passes=args.no_progress,
+                      checkpoint_seconds=args.checkpoint_seconds, max_replicas=args.max_replicas)
 
 
 def _numbers(text: str | None, kind: type, flag: str) -> list | None:
@@ -198,17 +222,11 @@ def build_config(args: argparse.Namespace) -> RunConfig:
 
 
 def _find(args: argparse.Namespace) -> None:
-    from .imp import RunOptions, find_tickets
+    from .imp import find_tickets
 
     config = build_config(args)
-    _device(args.device)
-    if args.max_replicas is not None and args.max_replicas < 1:
-        raise UserError(f"--max-replicas must be at least 1, got {args.max_replicas}")
-    if not (math.isfinite(args.checkpoint_seconds) and args.checkpoint_seconds >= 0):
-        raise UserError(f"--checkpoint-seconds must be a finite number, 0 or more, got {args.checkpoint_seconds}")
+    options = _run_options(args)
     run_dir = args.out / config.run_name()
-    options = RunOptions(device=args.device, progress=not args.no_progress, log_passes=args.no_progress,
-                         checkpoint_seconds=args.checkpoint_seconds, max_replicas=args.max_replicas)
     print(f"run: {run_dir}", flush=True)
     find_tickets(config, run_dir, data_dir=args.data_dir, options=options)
     from .ranks import Ranks, leave_group
@@ -324,13 +342,12 @@ def _noise(args: argparse.Namespace) -> None:
     from .noise import noise_run
 
     out = noise_run(args.run_dir, _numbers(args.sigmas, float, "--sigmas"), levels=_numbers(args.levels, int, "--levels"),
-                    draws=args.draws, data_dir=args.data_dir, device=_device(args.device), progress=not args.no_progress)
+                    draws=args.draws, data_dir=args.data_dir, options=_run_options(args))
     print(f"noise: {out}")
 
 
 def _transfer(args: argparse.Namespace) -> None:
     from .config import DataConfig
-    from .imp import RunOptions
     from .transfer import transfer_run
 
     target = None
@@ -351,19 +368,16 @@ def _transfer(args: argparse.Namespace) -> None:
         target = probe.data
     elif args.set:
         raise UserError("--set needs --to")
-    if args.max_replicas is not None and args.max_replicas < 1:
-        raise UserError(f"--max-replicas must be at least 1, got {args.max_replicas}")
-    options = RunOptions(device=_device(args.device), progress=not args.no_progress, max_replicas=args.max_replicas)
+    options = _run_options(args)
     out = transfer_run(args.sources, target, against=args.against, levels=_numbers(args.levels, int, "--levels"),
                        data_dir=args.data_dir, options=options)
     print(f"transfer: {out}")
 
 
 def _stability(args: argparse.Namespace) -> None:
-    from .imp import RunOptions
     from .stability import stability_run
 
-    options = RunOptions(device=_device(args.device), progress=not args.no_progress, max_replicas=args.max_replicas)
+    options = _run_options(args)
     out = stability_run(args.run_dir, levels=_numbers(args.levels, int, "--levels"),
                         rewind=_numbers(args.rewind, int, "--rewind"), alphas=args.alphas,
                         arms=[a.strip() for a in args.arms.split(",") if a.strip()],

@@ -26,7 +26,7 @@ from .models import build_model, parameter_names, prunable_roles
 from .optim import flatten_state
 from .order import derive_seed
 from .passes import finish_pass, resume, train_with_checkpoints
-from .progress import Progress
+from .progress import Progress, pass_summary
 from .ranks import Ranks
 from .prune import KINDS, unmatched_patterns
 from .results import RESULT_COLUMNS, collect_results
@@ -249,8 +249,9 @@ class _Procedure:
         for job, spec, result in zip(jobs, specs, results):
             self._save_result(job, spec, result)
         finish_pass(self.store.checkpoint_paths(name)[0])
-        self.progress.pass_done(name, pass_summary(jobs, results, cfg.iterations - start_iteration,
-                                                   time.monotonic() - started))
+        summary = pass_summary([j.arm for j in jobs], results, cfg.iterations - start_iteration,
+                               time.monotonic() - started)
+        self.progress.pass_done(name, summary)
 
     def _train_pass(self, name: str, jobs: list[Job], specs: list[ReplicaSpec], stream_trials: list[int],
                     start_iteration: int, cfg: TrainConfig, snapshot_at: int) -> list[ReplicaResult]:
@@ -291,15 +292,3 @@ class _Procedure:
             **result.metrics(),
         })
 
-
-def pass_summary(jobs: list[Job], results: list[ReplicaResult], iterations: int, seconds: float) -> str:
-    """One line for a log: how many networks, how long, and per arm the mean test accuracy and iteration
-    at early stop (the pass may have resumed: its time is this process's part)."""
-    by_arm: dict[str, list[ReplicaResult]] = {}
-    for job, result in zip(jobs, results):
-        by_arm.setdefault(job.arm, []).append(result)
-    arms = ", ".join(f"{arm} {100 * sum(r.early_stop_test_accuracy for r in rs) / len(rs):.2f}% at "
-                     f"{round(sum(r.early_stop_iteration for r in rs) / len(rs))}" for arm, rs in by_arm.items())
-    minutes, secs = divmod(round(seconds), 60)
-    networks = f"{len(results)} network{'s' if len(results) != 1 else ''}"
-    return f"{networks} x {iterations} iterations in {minutes}m{secs:02d}s; test accuracy at early stop (mean): {arms}"

@@ -20,7 +20,7 @@ from .data import Dataset
 from .errors import UserError
 from .figures import errorbar_series, percent_axis, plt, save_figure, spread
 from .finished import FinishedRun, ModelFn, model_and_data, open_run
-from .imp import EVAL_BATCH
+from .imp import EVAL_BATCH, RunOptions
 from .order import derive_seed
 from .passes import NamedReplica, train_replicas
 from .report import CURVE_TARGETS
@@ -52,8 +52,11 @@ def noisy(weights: dict[str, torch.Tensor], mask: dict[str, torch.Tensor], sigma
 @writes_into_run("lottery noise")
 def noise_run(run_dir: Path | str, sigmas: list[float], *, levels: list[int] | None = None, draws: int = 5,
               data_dir: Path | str | None = None, model_fn: ModelFn | None = None, data: Dataset | None = None,
-              device: str = "cpu", progress: bool = True, checkpoint_seconds: float = 60.0) -> Path:
+              options: RunOptions | None = None) -> Path:
     """Both views at the chosen levels (default: those nearest 100, 51.3, 21.1, 7.0, 3.6, 1.9 %)."""
+    options = options or RunOptions()
+    options.validate()
+    device = options.device
     run = open_run(run_dir)
     if not sigmas or any(not k > 0 for k in sigmas):
         raise UserError(f"sigmas must be one or more positive multiples of the init std, got {sigmas}")
@@ -81,9 +84,10 @@ def noise_run(run_dir: Path | str, sigmas: list[float], *, levels: list[int] | N
                                              derive_seed(config.seed, "order", trial), build,
                                              derive_seed(config.seed, "replica", key), key,
                                              {"arm": "noisy-init", "sigma": k, "trial": trial, "level": level}))
-    per_pass = replicas_per_pass(model, device, EVAL_BATCH, config.train.batch_size)
+    per_pass = replicas_per_pass(model, device, EVAL_BATCH, config.train.batch_size, options.max_replicas)
     train_replicas(replicas, model, data, config.train, out / "checkpoints", max_per_pass=per_pass,
-                   checkpoint_seconds=checkpoint_seconds, progress=progress, label="noise",
+                   checkpoint_seconds=options.checkpoint_seconds, progress=options.progress,
+                   log=options.log_passes, label="noise",
                    start_iteration=config.prune.rewind_iteration, augment=config.data.augment)
     training = [{c: load_json(r.folder / "metrics.json")[c] for c in TRAINING_COLUMNS} for r in replicas]
     for arm in ("imp", "reinit"):  # the clean ticket (k = 0) and the reinit control, from the run itself

@@ -19,7 +19,7 @@ from .config import TrainConfig
 from .data import Dataset
 from .masks import count
 from .optim import OptimizerState
-from .progress import Progress
+from .progress import Progress, pass_summary
 from .ranks import Ranks
 from .errors import UserError
 from .store import load_metadata, load_tensors, remove_empty_folder, save_json, save_tensors
@@ -96,13 +96,15 @@ class NamedReplica:
 
 def train_replicas(replicas: list[NamedReplica], model: nn.Module, data: Dataset, cfg: TrainConfig,
                    checkpoint_dir: Path, *, max_per_pass: int, checkpoint_seconds: float = 60.0,
-                   progress: bool = True, save_final: bool = False, label: str = "pass",
+                   progress: bool = True, log: bool = False, save_final: bool = False, label: str = "pass",
                    start_iteration: int = 0, augment: str = "none") -> None:
     """Train every replica not done yet, in passes of `max_per_pass` cut from all replicas (so a pass keeps
     its checkpoint when some of its replicas finished before a kill); each pass resumes after a kill.
+    `log`: one timestamped line per finished pass on stderr (per arm: the replica's extra["arm"], else `label`).
     In a process group each rank trains its share (lottery.ranks); all have ended when this returns."""
     ranks = Ranks.current()
-    mine, label, progress = ranks.share(replicas), label + ranks.pass_suffix(), progress and ranks.leader
+    mine, label = ranks.share(replicas), label + ranks.pass_suffix()
+    progress, log = progress and ranks.leader, log and ranks.leader
     passes = [mine[i:i + max_per_pass] for i in range(0, len(mine), max_per_pass)]
     for index, chunk in enumerate(passes):
         chunk = [r for r in chunk if not (r.folder / "metrics.json").exists()]
@@ -118,12 +120,13 @@ def train_replicas(replicas: list[NamedReplica], model: nn.Module, data: Dataset
         keys = [r.key for r in chunk]
         checkpoint = checkpoint_dir / f"{label}_{index}.safetensors"
         resume(trainer, keys, checkpoint)
-        bars = Progress(progress, levels=0)  # iterations only
-        bar = bars.iterations(f"{label} {index + 1}/{len(passes)}", cfg.iterations - start_iteration,
-                              trainer.iteration - start_iteration)
+        name, started = f"{label} {index + 1}/{len(passes)}", time.monotonic()
+        bars = Progress(progress, levels=0, log=log)  # iterations only
+        bar = bars.iterations(name, cfg.iterations - start_iteration, trainer.iteration - start_iteration)
         train_with_checkpoints(trainer, keys, checkpoint, cfg.iterations, checkpoint_seconds, bar)
         bars.end_iterations()
-        for r, spec, result in zip(chunk, specs, trainer.results()):
+        results = trainer.results()
+        for r, spec, result in zip(chunk, specs, results):
             if save_final:
                 save_tensors(r.folder / "final.safetensors", result.final)
             kept, total = count(spec.mask)
@@ -131,5 +134,7 @@ def train_replicas(replicas: list[NamedReplica], model: nn.Module, data: Dataset
                                                   "weights_remaining": kept, "prunable_weights": total,
                                                   **result.metrics()})
         finish_pass(checkpoint)
+        bars.pass_done(name, pass_summary([r.extra.get("arm", label) for r in chunk], results,
+                                          cfg.iterations - start_iteration, time.monotonic() - started))
     ranks.barrier()
     remove_empty_folder(checkpoint_dir)

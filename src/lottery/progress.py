@@ -4,8 +4,12 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from tqdm import tqdm
+
+if TYPE_CHECKING:
+    from .train import ReplicaResult
 
 
 class Progress:
@@ -65,3 +69,16 @@ class Progress:
     def close(self) -> None:
         if self._levels is not None:
             self._levels.close()
+
+
+def pass_summary(arms: list[str], results: list[ReplicaResult], iterations: int, seconds: float) -> str:
+    """One line for a log: how many networks, how long, and per arm (one label per result) the mean test
+    accuracy and iteration at early stop (the pass may have resumed: its time is this process's part)."""
+    by_arm: dict[str, list[ReplicaResult]] = {}
+    for arm, result in zip(arms, results):
+        by_arm.setdefault(arm, []).append(result)
+    per_arm = ", ".join(f"{arm} {100 * sum(r.early_stop_test_accuracy for r in rs) / len(rs):.2f}% at "
+                        f"{round(sum(r.early_stop_iteration for r in rs) / len(rs))}" for arm, rs in by_arm.items())
+    minutes, secs = divmod(round(seconds), 60)
+    networks = f"{len(results)} network{'s' if len(results) != 1 else ''}"
+    return f"{networks} x {iterations} iterations in {minutes}m{secs:02d}s; test accuracy at early stop (mean): {per_arm}"

@@ -224,7 +224,8 @@ def _train_copies(run: FinishedRun, model: torch.nn.Module, data: Dataset, point
                     {"trial": p.trial, "level": p.level, "arm": p.arm, "k": k, "copy": copy},
                     optimizer if keep_optimizer and k > 0 else None))
         train_replicas(replicas, model, data, config.train, variant / "checkpoints", max_per_pass=per_pass,
-                       checkpoint_seconds=options.checkpoint_seconds, progress=options.progress, save_final=True,
+                       checkpoint_seconds=options.checkpoint_seconds, progress=options.progress,
+                       log=options.log_passes, save_final=True,
                        label=f"k{k}", start_iteration=k, augment=config.data.augment)
 
 

@@ -67,6 +67,7 @@ def transfer_run(sources: list[Path | str], target: DataConfig | None = None, *,
 def _transfer(sources: list[Path | str], target: DataConfig | None, *, against: Path | str | None,
               levels: list[int] | None, data_dir: Path | str | None, options: RunOptions | None) -> Path:
     options = options or RunOptions()
+    options.validate()
     runs = [open_run(s) for s in sources]
     if not runs:
         raise UserError("transfer needs at least one source run")
@@ -119,7 +120,8 @@ def _transfer(sources: list[Path | str], target: DataConfig | None, *, against: 
         raise UserError("no (level, trial) is shared by the sources and the target run")
     per_pass = replicas_per_pass(model, options.device, EVAL_BATCH, tconfig.train.batch_size, options.max_replicas)
     train_replicas(replicas, model, data, tconfig.train, out / "checkpoints", max_per_pass=per_pass,
-                   checkpoint_seconds=options.checkpoint_seconds, progress=options.progress, label="transfer",
+                   checkpoint_seconds=options.checkpoint_seconds, progress=options.progress,
+                   log=options.log_passes, label="transfer",
                    start_iteration=tconfig.prune.rewind_iteration, augment=tconfig.data.augment)
 
     if not Ranks.current().leader:  # every rank trained its share; rank 0 writes the tables
