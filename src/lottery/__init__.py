@@ -6,7 +6,8 @@ from .criteria import CRITERIA, register_criterion
 from .data import Dataset, load_data, load_dataset
 from .errors import UserError
 from .export import Ticket, export_ticket, load_ticket, read_ticket, to_torch_prune
-from .imp import RunOptions, find_tickets
+from .imp import find_tickets
+from .options import RunOptions
 from .masks import count, percent_remaining
 from .models import MODELS, build_model, prunable_roles
 from .presets import PRESETS, get_preset

@@ -14,7 +14,7 @@ from .config import RunConfig, apply_overrides, scale_schedule, set_value, valid
 from .errors import UserError
 
 if TYPE_CHECKING:
-    from .imp import RunOptions
+    from .options import RunOptions
 
 
 class _Parser(argparse.ArgumentParser):
@@ -171,7 +171,7 @@ def _training_flags(parser: argparse.ArgumentParser) -> None:
 
 def _run_options(args: argparse.Namespace) -> RunOptions:
     """RunOptions from the training flags; --no-progress swaps the bars for one log line per finished pass."""
-    from .imp import RunOptions
+    from .options import RunOptions
 
     if args.max_replicas is not None and args.max_replicas < 1:
         raise UserError(f"--max-replicas must be at least 1, got {args.max_replicas}")

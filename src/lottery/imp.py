@@ -7,7 +7,6 @@ not depend on which pass trains it, so the resumed run gives the uninterrupted r
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,12 +17,12 @@ from . import masks as masks_lib
 from .config import RunConfig, TrainConfig, validate
 from .criteria import needs_path
 from .data import Dataset, load_data
-from .devices import check_device
 from .errors import UserError
 from .forwards import check_model_output
 from .lineage import LineageCheck
 from .models import build_model, parameter_names, prunable_roles
 from .optim import flatten_state
+from .options import RunOptions
 from .order import derive_seed
 from .passes import finish_pass, resume, train_with_checkpoints
 from .progress import Progress, pass_summary
@@ -39,25 +38,6 @@ from .train import CURVES, ReplicaResult, ReplicaSpec, StackedTrainer
 EVAL_BATCH = 10_000
 
 __all__ = ["EVAL_BATCH", "Job", "RunOptions", "find_tickets", "initial_weights"]
-
-
-@dataclass
-class RunOptions:
-    """How to run, not what to compute: none of these change a result, so none is in the run hash."""
-
-    device: str = "cpu"
-    progress: bool = True
-    log_passes: bool = False  # one line per finished training pass on stderr: for logs, where bars are noise
-    checkpoint_seconds: float = 60.0  # at most this long of training is lost on a kill
-    max_replicas: int | None = None  # replicas per training pass; None: as many as memory and speed favour
-
-    def validate(self) -> None:
-        check_device(self.device)
-        if not (isinstance(self.checkpoint_seconds, (int, float)) and math.isfinite(self.checkpoint_seconds)
-                and self.checkpoint_seconds >= 0):
-            raise UserError(f"checkpoint seconds must be a finite number, 0 or more, got {self.checkpoint_seconds}")
-        if self.max_replicas is not None and self.max_replicas < 1:
-            raise UserError(f"max replicas must be at least 1, got {self.max_replicas}")
 
 
 @dataclass(frozen=True)

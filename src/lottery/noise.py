@@ -20,7 +20,8 @@ from .data import Dataset
 from .errors import UserError
 from .figures import errorbar_series, percent_axis, plt, save_figure, spread
 from .finished import FinishedRun, ModelFn, model_and_data, open_run
-from .imp import EVAL_BATCH, RunOptions
+from .imp import EVAL_BATCH
+from .options import RunOptions
 from .order import derive_seed
 from .passes import NamedReplica, train_replicas
 from .report import CURVE_TARGETS

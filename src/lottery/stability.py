@@ -31,7 +31,7 @@ from .data import Dataset
 from .errors import UserError
 from .finished import FinishedRun, ModelFn, model_and_data, open_run
 from .forwards import stacked_forward_for
-from .imp import RunOptions
+from .options import RunOptions
 from .interpolation import alphas_between, error_rates, instability, interpolate, recalibrate_batchnorm
 from .masks import Mask
 from .optim import OptimizerState, flatten_state, unflatten_state

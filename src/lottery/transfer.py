@@ -26,7 +26,8 @@ from .data import load_data
 from .errors import UserError
 from .figures import errorbar_series, percent_axis, plt, save_figure, spread
 from .finished import FinishedRun, model_and_data, open_run
-from .imp import EVAL_BATCH, RunOptions, find_tickets
+from .imp import EVAL_BATCH, find_tickets
+from .options import RunOptions
 from .models import build_model
 from .order import derive_seed
 from .passes import NamedReplica, train_replicas

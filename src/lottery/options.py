@@ -1,0 +1,27 @@
+"""How a command runs (device, progress output, checkpoints, pass size): shared by find and every experiment."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from .devices import check_device
+from .errors import UserError
+
+
+@dataclass
+class RunOptions:
+    """How to run, not what to compute: none of these change a result, so none is in the run hash."""
+
+    device: str = "cpu"
+    progress: bool = True
+    log_passes: bool = False  # one line per finished training pass on stderr: for logs, where bars are noise
+    checkpoint_seconds: float = 60.0  # at most this long of training is lost on a kill
+    max_replicas: int | None = None  # replicas per training pass; None: as many as memory and speed favour
+
+    def validate(self) -> None:
+        check_device(self.device)
+        if not (isinstance(self.checkpoint_seconds, (int, float)) and math.isfinite(self.checkpoint_seconds)
+                and self.checkpoint_seconds >= 0):
+            raise UserError(f"checkpoint seconds must be a finite number, 0 or more, got {self.checkpoint_seconds}")
+        if self.max_replicas is not None and self.max_replicas < 1:
+            raise UserError(f"max replicas must be at least 1, got {self.max_replicas}")
