@@ -164,7 +164,7 @@ def test_stability_without_bars_logs_one_line_per_pass(finished):
     # 2 trials x 2 copies, 2 per pass: two passes from iteration 10 to 120
     assert [p.split(":")[0] for p in passes] == ["k10 1/2", "k10 2/2"], result.stderr
     assert all(p.startswith(("k10 1/2: 2 networks x 110 iterations in ", "k10 2/2: 2 networks x 110 iterations in "))
-               and " imp " in p for p in passes), passes
+               and " imp L1 " in p for p in passes), passes
 
 
 def test_stability_of_a_folder_that_is_no_run(tmp_path):

@@ -94,13 +94,19 @@ class NamedReplica:
     optimizer: Callable[[], tuple[OptimizerState, int]] | None = None
 
 
+def _log_group(replica: NamedReplica, label: str) -> str:
+    """How a pass's log line groups a replica: its arm (else the pass label) and level, where it has them."""
+    arm = replica.extra.get("arm", label)
+    return f"{arm} L{replica.extra['level']}" if "level" in replica.extra else arm
+
+
 def train_replicas(replicas: list[NamedReplica], model: nn.Module, data: Dataset, cfg: TrainConfig,
                    checkpoint_dir: Path, *, max_per_pass: int, checkpoint_seconds: float = 60.0,
                    progress: bool = True, log: bool = False, save_final: bool = False, label: str = "pass",
                    start_iteration: int = 0, augment: str = "none") -> None:
     """Train every replica not done yet, in passes of `max_per_pass` cut from all replicas (so a pass keeps
     its checkpoint when some of its replicas finished before a kill); each pass resumes after a kill.
-    `log`: one timestamped line per finished pass on stderr (per arm: the replica's extra["arm"], else `label`).
+    `log`: one timestamped line per finished pass on stderr (per arm and level, as the replicas' extras name them).
     In a process group each rank trains its share (lottery.ranks); all have ended when this returns."""
     ranks = Ranks.current()
     mine, label = ranks.share(replicas), label + ranks.pass_suffix()
@@ -134,7 +140,7 @@ def train_replicas(replicas: list[NamedReplica], model: nn.Module, data: Dataset
                                                   "weights_remaining": kept, "prunable_weights": total,
                                                   **result.metrics()})
         finish_pass(checkpoint)
-        bars.pass_done(name, pass_summary([r.extra.get("arm", label) for r in chunk], results,
+        bars.pass_done(name, pass_summary([_log_group(r, label) for r in chunk], results,
                                           cfg.iterations - start_iteration, time.monotonic() - started))
     ranks.barrier()
     remove_empty_folder(checkpoint_dir)
