@@ -138,3 +138,12 @@ def test_find_warns_when_networks_diverged(tmp_path):
                                        "level 0); lower train.lr")
     save_csv(tmp_path / "results.csv", [row], RESULT_COLUMNS)
     assert diverged_note(tmp_path) is None
+
+
+def test_a_reader_that_closes_the_pipe_early_gets_silence_not_an_error():
+    # `lottery claims RUN | head -3`: head exits; the rest of our output has nowhere to go.
+    proc = subprocess.Popen([sys.executable, "-m", "lottery.cli", "presets"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.close()  # before the command writes anything
+    stderr = proc.stderr.read()
+    assert proc.wait(timeout=120) == 141 and stderr == b"", stderr

@@ -455,6 +455,10 @@ def main(argv: list[str] | None = None) -> int:
         {"find": _find, "report": _report, "claims": _claims, "compare": _compare,
          "attack": _attack, "noise": _noise, "transfer": _transfer, "stability": _stability,
          "export": _export, "bench-inference": _bench_inference, "presets": _presets}[args.command](args)
+        sys.stdout.flush()  # here, so that a reader gone away (`| head`) is caught below
+    except BrokenPipeError:  # the reader of our output closed it: nothing to say, as a shell command would
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's flush goes nowhere
+        return 141  # 128 + SIGPIPE, what the shell reports for a command killed by it
     except GroupStopped:
         return 2  # rank 0 printed why
     except UserError as exc:
