@@ -149,6 +149,8 @@ def test_a_batchnorm_model_runs_through_the_analysis(tmp_path, mnist1d):
     (["--alphas", "1"], "at least 2 points"),
     (["--levels", "7"], "levels [7] are not in"),
     (["--arms", "reinit"], "stability arms are imp, random"),
+    (["--max-replicas", "0"], "--max-replicas must be at least 1, got 0"),
+    (["--checkpoint-seconds", "inf"], "--checkpoint-seconds must be a finite number"),
 ])
 def test_bad_stability_input_is_one_line_and_exit_2(finished, flags, problem):
     result = run_cli("stability", str(finished), *flags)
