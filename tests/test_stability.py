@@ -193,6 +193,16 @@ def test_the_2020_claims_follow_the_measured_instability():
     assert stability_claims(rows(0.005, 0.018), "conv2", "cifar10") == []
 
 
+def test_one_trial_is_reported_as_one_trial_not_as_a_spread():
+    from lottery.stability_report import over_trials
+
+    one = [dict(trial=0, arm="imp"), dict(trial=0, arm="imp")]
+    three = [dict(trial=t, arm="imp") for t in range(3)]
+    assert over_trials(one) == "one trial"
+    assert over_trials(three) == "mean, min/max over 3 trials"
+    assert over_trials(three, None) == "mean over 3 trials"
+
+
 def test_a_rerun_trains_only_what_is_missing_and_gives_the_same_numbers(finished, mnist1d):
     import shutil
 
