@@ -1,0 +1,83 @@
+"""Small runs of the built-in trainer whose every result was fingerprinted before the procedure was rebuilt
+around one seam (issue 28). `test_redesign.py` runs them again and compares bit for bit.
+
+Regenerate the fixture only from a commit whose results are trusted:
+    python tests/reference_runs.py ../shared/data > tests/fixtures/reference_runs.json
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+
+import lottery
+from lottery.store import load_tensors, tensor_digest
+
+
+class ConvBN1d(nn.Module):
+    """A user model with Conv1d and BatchNorm (the one-by-one path with running statistics)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Unflatten(1, (1, 40)), nn.Conv1d(1, 8, 5), nn.BatchNorm1d(8), nn.ReLU(),
+                                 nn.Flatten(), nn.Linear(8 * 36, 10))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def _mlp(arms: list[str], levels: int, **prune: object) -> lottery.RunConfig:
+    config = lottery.get_preset("mnist1d-mlp")
+    config.trials, config.arms = 2, arms
+    config.model.hidden = [48, 32]
+    config.train.iterations, config.train.eval_every, config.train.batch_size = 100, 20, 50
+    config.prune.levels = levels
+    for key, value in prune.items():
+        setattr(config.prune, key, value)
+    return config
+
+
+def cases() -> dict[str, dict]:
+    """name -> keyword arguments of `lottery.find_tickets` (besides the run directory and data)."""
+    every_arm = _mlp(["imp", "reinit", "same-sign", "random", "init-magnitude", "one-shot"], 2)
+    rewound = _mlp(["imp", "reinit", "random"], 1, rewind_iteration=20, rewind_optimizer=True)
+    rewound.train.optimizer, rewound.train.lr, rewound.train.weight_decay = "sgd", 0.05, 1e-4
+    conv = _mlp(["imp", "reinit"], 1)
+    conv.train.iterations = 40
+    lenet = lottery.get_preset("lenet300-mnist")
+    lenet.trials, lenet.arms = 2, ["imp", "random"]
+    lenet.train.iterations, lenet.train.eval_every = 60, 20
+    lenet.prune.levels = 1
+    return {"mlp-every-arm": {"config": every_arm}, "mlp-sgd-rewind-k20": {"config": rewound},
+            "convbn-user-model": {"config": conv, "model_fn": ConvBN1d}, "lenet300-mnist": {"config": lenet}}
+
+
+def fingerprint(run: Path) -> dict[str, str]:
+    """results.csv's md5 (and its rows without final_train_accuracy) and a digest of every tensor file."""
+    out = {"results.csv": hashlib.md5((run / "results.csv").read_bytes()).hexdigest()}
+    rows = lottery.read_results(run)
+    out["results-without-train-accuracy"] = hashlib.md5(json.dumps(
+        [{k: v for k, v in r.items() if k != "final_train_accuracy"} for r in rows]).encode()).hexdigest()
+    for path in sorted(run.rglob("*.safetensors")):
+        out[str(path.relative_to(run))] = tensor_digest(load_tensors(path))
+    return out
+
+
+def run_case(name: str, root: Path, data_dir: Path) -> Path:
+    kwargs = dict(cases()[name])
+    config = kwargs.pop("config")
+    return lottery.find_tickets(config, root / name, data_dir=data_dir,
+                                options=lottery.RunOptions(progress=False), **kwargs)
+
+
+if __name__ == "__main__":
+    import tempfile
+
+    data_dir = Path(sys.argv[1])
+    with tempfile.TemporaryDirectory() as tmp:
+        prints = {name: fingerprint(run_case(name, Path(tmp), data_dir)) for name in cases()}
+    print(json.dumps(prints, indent=1, sort_keys=True))
