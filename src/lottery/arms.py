@@ -7,13 +7,16 @@ are the paper's controls, each built from the ticket's own mask so that only one
 - init-magnitude: the mask |θ0| picks at the ticket's per-layer counts (pruning before training)
 - one-shot:       the mask the criterion picks from the dense network's trained weights, straight to
                   the ticket's per-layer counts (one-shot pruning beside iterative, same sparsity)
-Controls never feed the trunk: the next level's mask always comes from the `imp` arm. In an N:M run
+Each arm is a strategy in a registry (`ARMS`, `register_arm`), like the criteria: what mask it trains under
+and what weights it starts from, given the ticket's. Controls never feed the trunk: the next level's mask
+always comes from the `imp` arm. In an N:M run
 (`prune.pattern`) the other-mask arms keep the pattern too, so that the ticket is compared with masks
 it could have been, not with unstructured ones.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 import torch
 
@@ -21,9 +24,8 @@ from .masks import Mask
 from .order import derive_seed
 from .prune import allowed_by_pattern, keep_top
 
-ARMS = ("imp", "reinit", "same-sign", "random", "init-magnitude", "one-shot")
-REDRAWN = ("reinit", "same-sign")  # arms whose start weights are a fresh draw
-OWN_MASK = ("random", "init-magnitude", "one-shot")  # arms whose mask differs from the ticket's
+Weights = dict[str, torch.Tensor]
+TICKET = "imp"  # the arm whose trained weights are pruned for the next level
 
 
 def mask_with_counts(scores: Mapping[str, torch.Tensor], reference: Mapping[str, torch.Tensor],
@@ -49,6 +51,74 @@ def random_mask(reference: Mapping[str, torch.Tensor], seed: int, pattern: tuple
     return mask_with_counts(scores, reference, pattern)
 
 
+def random_control_mask(reference: Mapping[str, torch.Tensor], run_seed: int, trial: int, level: int,
+                        pattern: tuple[int, int] | None) -> Mask:
+    """The `random` arm's mask at (trial, level): every reader that needs it (stability) draws this one."""
+    return random_mask(reference, derive_seed(run_seed, "random-mask", trial, level), pattern)
+
+
 def same_sign(fresh: Mapping[str, torch.Tensor], reference: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Magnitudes of a fresh draw, signs of `reference` (zeros stay zero)."""
     return {n: fresh[n].abs() * torch.sign(reference[n]) for n in fresh}
+
+
+@dataclass(frozen=True)
+class ArmInputs:
+    """What an arm builds from at one (trial, level). The callables compute (and cache) on first use."""
+
+    trial: int
+    level: int
+    run_seed: int
+    reference: Mask  # the ticket's mask at this level
+    pattern: tuple[int, int] | None  # the run's N:M pattern: controls with a mask of their own keep it
+    init: Callable[[], Weights]  # θ0 of the trial
+    start: Callable[[], Weights]  # the ticket's start at this level's rewind point (θk)
+    fresh: Callable[[], Weights]  # a fresh draw of the model's initialization, this arm's own
+    dense_scores: Callable[[], Weights]  # the criterion's scores on the dense network's training
+
+
+MaskRule = Callable[[ArmInputs], Mask]
+StartRule = Callable[[ArmInputs], Weights]
+
+
+@dataclass(frozen=True)
+class Arm:
+    """How one arm differs from the ticket: its own mask (None: the ticket's) and its own start weights
+    (None: the ticket's rewind point θk; else a fresh draw, which starts with a fresh optimizer too)."""
+
+    name: str
+    description: str
+    mask: MaskRule | None = None
+    start: StartRule | None = None
+
+    @property
+    def own_mask(self) -> bool:
+        return self.mask is not None
+
+    @property
+    def redrawn(self) -> bool:
+        return self.start is not None
+
+
+ARMS: dict[str, Arm] = {}
+
+
+def register_arm(arm: Arm) -> Arm:
+    """Add an arm to the registry (`--arms NAME` and `RunConfig.arms` then accept it)."""
+    if arm.name in ARMS:
+        raise ValueError(f"arm {arm.name!r} is registered already")
+    ARMS[arm.name] = arm
+    return arm
+
+
+register_arm(Arm(TICKET, "the ticket: the mask IMP found, trained from the rewind point"))
+register_arm(Arm("reinit", "the ticket's mask, weights drawn again from the initialization",
+                 start=lambda a: a.fresh()))
+register_arm(Arm("same-sign", "reinit, every weight with the sign of the ticket's start weight (Zhou et al. 2019)",
+                 start=lambda a: same_sign(a.fresh(), a.start())))
+register_arm(Arm("random", "a random mask with the ticket's per-layer counts, trained from θk",
+                 mask=lambda a: random_control_mask(a.reference, a.run_seed, a.trial, a.level, a.pattern)))
+register_arm(Arm("init-magnitude", "the mask |θ0| picks at the ticket's per-layer counts (pruning before training)",
+                 mask=lambda a: mask_with_counts({n: a.init()[n].abs() for n in a.reference}, a.reference, a.pattern)))
+register_arm(Arm("one-shot", "the mask the criterion picks from the dense network's training, at the ticket's counts",
+                 mask=lambda a: mask_with_counts(a.dense_scores(), a.reference, a.pattern)))

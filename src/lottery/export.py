@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
+from .arms import ARMS
 from .errors import BrokenFile, UserError
 from .finished import FinishedRun, open_run
 from .masks import count
@@ -93,8 +94,8 @@ def ticket_of(run_dir: Path | str, *, level: int | Literal["best"] = "best", tri
         if not run.has(trial, chosen, arm):
             raise UserError(f"{run.store.arm_dir(trial, chosen, arm)} has no finished network")
         mask = run.mask(trial, chosen, arm)
-        start = run.start(trial) if arm not in ("reinit", "same-sign") or chosen == 0 else \
-            load_tensors(run.store.arm_dir(trial, chosen, arm) / "start.safetensors")
+        start = run.start(trial) if not ARMS[arm].redrawn or chosen == 0 else \
+            load_tensors(run.store.arm_start_path(trial, chosen, arm))
         trained = run.final(trial, chosen, arm)
         row = next(r for r in run.rows_of(arm, chosen) if r["trial"] == trial)
         kept, total = count(mask)

@@ -58,12 +58,12 @@ class FinishedRun:
         return self.init(trial, device)
 
     def mask(self, trial: int, level: int, arm: str = "imp", device: str = "cpu") -> Mask:
-        own = self.store.arm_dir(trial, level, arm) / "mask.safetensors"
+        own = self.store.arm_mask_path(trial, level, arm)
         path = own if own.exists() else self.store.mask_path(trial, level)
         return {n: t.bool() for n, t in load_tensors(path, device).items()}
 
     def final(self, trial: int, level: int, arm: str = "imp", device: str = "cpu") -> dict[str, torch.Tensor]:
-        return load_tensors(self.store.arm_dir(trial, level, arm) / "final.safetensors", device)
+        return load_tensors(self.store.final_path(trial, level, arm), device)
 
     def nearest_levels(self, targets: tuple[float, ...]) -> list[int]:
         """The levels whose percent remaining is nearest (in log scale) to each target, without repeats."""

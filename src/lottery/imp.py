@@ -161,9 +161,9 @@ class _Procedure:
         save_csv(self.store.results_path, rows, RESULT_COLUMNS)
         # Every pass has ended: what is left are checkpoints of passes cut another way (another
         # --max-replicas, another number of processes); their replicas were trained since.
-        for stale in (self.store.root / "checkpoints").glob("*.safetensors"):
+        for stale in self.store.checkpoint_dir.glob("*.safetensors"):
             stale.unlink(missing_ok=True)
-        remove_empty_folder(self.store.root / "checkpoints")
+        remove_empty_folder(self.store.checkpoint_dir)
 
     def _check_lineage(self, level: int) -> None:
         def check() -> None:

@@ -57,7 +57,7 @@ class LineageCheck:
         mask_path = store.mask_path(trial, level)
         if level > 0 and mask_path.exists():
             source = 0 if self.one_shot else level - 1
-            parent = store.arm_dir(trial, source, "imp") / "final.safetensors"
+            parent = store.final_path(trial, source, "imp")
             recorded = read(mask_path)
             if recorded and parent.exists() and recorded.get("parent") != self.digest(parent):
                 later = [store.level_dir(trial, lv) for lv in range(level, last_level + 1)
@@ -67,12 +67,12 @@ class LineageCheck:
                 self._refuse(f"{mask_path} was pruned from other trained weights than {parent} holds now", later)
         for arm in self.arms:
             folder = store.arm_dir(trial, level, arm)
-            own = folder / "mask.safetensors"
+            own = store.arm_mask_path(trial, level, arm)
             if own.exists() and mask_path.exists():
                 recorded = read(own)
                 if recorded and recorded.get("reference") != self.digest(mask_path):
                     self._refuse(f"{own} was made from another mask than {mask_path}", [folder])
-            metrics = folder / "metrics.json"
+            metrics = store.metrics_path(trial, level, arm)
             trained_under = own if own.exists() else mask_path
             if metrics.exists() and trained_under.exists():
                 digest = load_json(metrics).get("mask_digest")

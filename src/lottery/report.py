@@ -50,7 +50,7 @@ def _mean_curve(store: RunStore, arm: str, level: int, trials: list[int]) -> tup
     run did not keep full test curves."""
     series, used = [], "test_accuracy"
     for trial in trials:
-        curve = load_csv(store.arm_dir(trial, level, arm) / "curves.csv", ("iteration", "test_accuracy", "val_accuracy"))
+        curve = load_csv(store.curves_path(trial, level, arm), ("iteration", "test_accuracy", "val_accuracy"))
         acc = [float(c["test_accuracy"]) for c in curve]
         if any(math.isnan(a) for a in acc):
             used = "val_accuracy"
@@ -61,7 +61,7 @@ def _mean_curve(store: RunStore, arm: str, level: int, trials: list[int]) -> tup
 
 
 def _has_curves(store: RunStore, rows: list[dict]) -> bool:
-    return all((store.arm_dir(r["trial"], r["level"], r["arm"]) / "curves.csv").exists() for r in rows if r["arm"] == "imp")
+    return all(store.curves_path(r["trial"], r["level"], r["arm"]).exists() for r in rows if r["arm"] == "imp")
 
 
 def _curves_figure(store: RunStore, grouped: dict, path: Path) -> str:

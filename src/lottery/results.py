@@ -19,7 +19,7 @@ def collect_results(store: RunStore, trials: list[int], levels: list[int], arms:
     for arm in arms:
         for level in levels:
             for trial in trials:
-                path = store.arm_dir(trial, level, arm) / "metrics.json"
+                path = store.metrics_path(trial, level, arm)
                 if path.exists():
                     metrics = load_json(path, tuple(RESULT_COLUMNS))
                     rows.append({c: metrics[c] for c in RESULT_COLUMNS})
@@ -28,7 +28,7 @@ def collect_results(store: RunStore, trials: list[int], levels: list[int], arms:
 
 def read_results(run_dir: Path | str) -> list[dict[str, Any]]:
     """results.csv with numbers parsed; a truncated or foreign table is one clear error naming the file."""
-    path = Path(run_dir) / "results.csv"
+    path = RunStore(run_dir).results_path
     rows = load_csv(path, RESULT_COLUMNS)
     ints = {"trial", "level", "weights_remaining", "prunable_weights", "early_stop_iteration"}
     out = []

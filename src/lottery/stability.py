@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from .arms import random_mask
+from .arms import random_control_mask
 from .data import Dataset
 from .errors import UserError
 from .finished import FinishedRun, ModelFn, model_and_data, open_run
@@ -38,6 +38,7 @@ from .optim import OptimizerState, flatten_state, unflatten_state
 from .order import derive_seed
 from .ranks import Ranks
 from .passes import NamedReplica, finish_pass, resume, train_replicas, train_with_checkpoints
+from .prune import parse_pattern
 from .sizing import eval_batch_for, replicas_per_pass
 from .stability_report import write_report
 from .store import load_json, load_metadata, load_tensors, save_csv, save_json, save_tensors, writes_into_run
@@ -189,14 +190,15 @@ class Trunk:
 
 def point_mask(run: FinishedRun, point: Point, device: str) -> Mask:
     """The ticket's mask; for `random`, the run's own random arm's mask where it has one, else the same
-    draw that arm would make (random positions, the ticket's count per layer)."""
+    draw that arm would make (random positions, the ticket's count per layer, the run's N:M pattern)."""
     if point.arm == "imp":
         return run.mask(point.trial, point.level, "imp", device)
-    own = run.store.arm_dir(point.trial, point.level, "random") / "mask.safetensors"
+    own = run.store.arm_mask_path(point.trial, point.level, "random")
     if own.exists():
         return {n: t.bool() for n, t in load_tensors(own, device).items()}
     reference = run.mask(point.trial, point.level, "imp", device)
-    return random_mask(reference, derive_seed(run.config.seed, "random-mask", point.trial, point.level))
+    return random_control_mask(reference, run.config.seed, point.trial, point.level,
+                               parse_pattern(run.config.prune.pattern))
 
 
 def _train_copies(run: FinishedRun, model: torch.nn.Module, data: Dataset, points: list[Point], trunk: Trunk,

@@ -337,6 +337,9 @@ def remove_temp_files(root: Path) -> None:
 
 
 # --- paths -------------------------------------------------------------------------------------------
+# File names inside a network's folder: RunStore's methods are the only place that joins them to a path.
+FINAL, METRICS, CURVES, MASK, START, PATH_LENGTH = (
+    "final.safetensors", "metrics.json", "curves.csv", "mask.safetensors", "start.safetensors", "path.safetensors")
 class RunStore:
     """Paths inside one run directory. Holds no state beyond the root."""
 
@@ -359,16 +362,43 @@ class RunStore:
         return self.trial_dir(trial) / f"level_{level:02d}"
 
     def mask_path(self, trial: int, level: int) -> Path:
-        return self.level_dir(trial, level) / "mask.safetensors"
+        return self.level_dir(trial, level) / MASK
 
     def arm_dir(self, trial: int, level: int, arm: str) -> Path:
         return self.level_dir(trial, level) / arm
 
+    def final_path(self, trial: int, level: int, arm: str) -> Path:
+        """θT of a trained network (parameters and buffers)."""
+        return self.arm_dir(trial, level, arm) / FINAL
+
+    def metrics_path(self, trial: int, level: int, arm: str) -> Path:
+        """A network's metrics, written last: the network is done once this exists."""
+        return self.arm_dir(trial, level, arm) / METRICS
+
+    def curves_path(self, trial: int, level: int, arm: str) -> Path:
+        return self.arm_dir(trial, level, arm) / CURVES
+
+    def arm_mask_path(self, trial: int, level: int, arm: str) -> Path:
+        """The mask of an arm with a mask of its own (random, init-magnitude, one-shot)."""
+        return self.arm_dir(trial, level, arm) / MASK
+
+    def arm_start_path(self, trial: int, level: int, arm: str) -> Path:
+        """The start weights of an arm that draws its own (reinit, same-sign)."""
+        return self.arm_dir(trial, level, arm) / START
+
+    def path_length_path(self, trial: int, level: int, arm: str) -> Path:
+        """Σt |θt+1 − θt| of the ticket's training, for the `path` criterion."""
+        return self.arm_dir(trial, level, arm) / PATH_LENGTH
+
     def is_done(self, trial: int, level: int, arm: str) -> bool:
-        return (self.arm_dir(trial, level, arm) / "metrics.json").exists()
+        return self.metrics_path(trial, level, arm).exists()
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.root / "checkpoints"
 
     def checkpoint_paths(self, pass_name: str) -> tuple[Path, Path]:
-        base = self.root / "checkpoints" / pass_name
+        base = self.checkpoint_dir / pass_name
         return base.with_suffix(".safetensors"), base.with_suffix(".json")
 
     @property

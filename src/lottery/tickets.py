@@ -6,13 +6,14 @@ level, and only the ticket (`imp`) feeds the next level's mask.
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from . import masks as masks_lib
-from .arms import OWN_MASK, REDRAWN, mask_with_counts, random_mask, same_sign
+from .arms import ARMS, TICKET, ArmInputs
 from .config import RunConfig
 from .criteria import score_weights
 from .lineage import mask_lineage, record
@@ -55,7 +56,7 @@ class Tickets:
     def uses_rewound_optimizer(self, level: int, arm: str) -> bool:
         """Whether this replica starts with the optimizer's state at k (prune.rewind_optimizer): every arm
         that starts from θk; a fresh draw (reinit, same-sign) starts with a fresh optimizer."""
-        return self.config.prune.rewind_optimizer and level > 0 and arm not in REDRAWN
+        return self.config.prune.rewind_optimizer and level > 0 and not ARMS[arm].redrawn
 
     def arm_optimizer(self, trial: int, level: int, arm: str) -> tuple[OptimizerState | None, int]:
         """(the optimizer's state to start from, by buffer and parameter name; its step count), or (None, 0): fresh."""
@@ -91,44 +92,49 @@ class Tickets:
     def scores(self, trial: int, trained_level: int, names: list[str],
                seed_level: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """(θT, the criterion's scores) of the ticket trained at `trained_level` (its path too, if needed)."""
-        folder = self.store.arm_dir(trial, trained_level, "imp")
-        trained = load_tensors(folder / "final.safetensors", self.device)
-        path = load_tensors(folder / "path.safetensors", self.device) if self.track_path else None
+        trained = load_tensors(self.store.final_path(trial, trained_level, "imp"), self.device)
+        path = (load_tensors(self.store.path_length_path(trial, trained_level, "imp"), self.device)
+                if self.track_path else None)
         seed = derive_seed(self.config.seed, "criterion", trial, seed_level)
         return trained, score_weights(self.config.prune.criterion, self.init(trial), self.rewind(trial), trained,
                                       names, path, seed)
 
+    def arm_inputs(self, trial: int, level: int, arm: str) -> ArmInputs:
+        """What the arm's strategy builds from; each input is computed once, when the arm asks for it."""
+        once = functools.cache
+        return ArmInputs(
+            trial=trial, level=level, run_seed=self.config.seed, reference=self.mask(trial, level),
+            pattern=parse_pattern(self.config.prune.pattern),
+            init=once(lambda: self.init(trial)),
+            start=once(lambda: self.rewind(trial)),
+            fresh=once(lambda: initial_weights(self.model_fn, derive_seed(self.config.seed, "reinit", arm, level), trial)),
+            dense_scores=once(lambda: self.scores(trial, 0, list(self.roles), seed_level=level)[1]),
+        )
+
     def arm_mask(self, trial: int, level: int, arm: str) -> masks_lib.Mask:
-        if arm not in OWN_MASK or level == 0:
+        """The mask the arm trains under: the level's (the ticket's), or the arm's own, drawn once and saved."""
+        strategy = ARMS[arm]
+        if strategy.mask is None or level == 0:
             return self.mask(trial, level)
-        path = self.store.arm_dir(trial, level, arm) / "mask.safetensors"
+        path = self.store.arm_mask_path(trial, level, arm)
         if not path.exists():
-            reference = self.mask(trial, level)
-            pattern = parse_pattern(self.config.prune.pattern)  # the controls keep the ticket's N:M pattern
-            if arm == "random":
-                mask = random_mask(reference, derive_seed(self.config.seed, "random-mask", trial, level), pattern)
-            elif arm == "init-magnitude":
-                init = self.init(trial)
-                mask = mask_with_counts({n: init[n].abs() for n in reference}, reference, pattern)
-            else:  # one-shot: the criterion on the dense network's training, straight to these counts
-                scores = self.scores(trial, 0, list(reference), seed_level=level)[1]
-                mask = mask_with_counts(scores, reference, pattern)
-            save_tensors(path, mask, record(reference=tensor_digest(reference)))
+            inputs = self.arm_inputs(trial, level, arm)
+            save_tensors(path, strategy.mask(inputs), record(reference=tensor_digest(inputs.reference)))
         return {n: t.bool() for n, t in load_tensors(path, self.device).items()}
 
     def arm_start(self, trial: int, level: int, arm: str) -> dict[str, torch.Tensor]:
         """The state a network starts from (the trainer masks it). The ticket: θk under `rewind`; under
         `lr-rewind` and `finetune` the trained θT (weights and buffers) of the ticket its mask was pruned
-        from. Controls keep their meaning whatever the mode: `random` and the other-mask arms start from
-        θk, `reinit` and `same-sign` from a fresh draw. The optimizer: see `arm_optimizer`."""
-        if level > 0 and arm == "imp" and self.config.prune.retrain != "rewind":
+        from. Controls keep their meaning whatever the mode: the other-mask arms start from θk, the redrawn
+        ones (reinit, same-sign) from their own fresh draw, saved once. The optimizer: see `arm_optimizer`."""
+        if level > 0 and arm == TICKET and self.config.prune.retrain != "rewind":
             source = 0 if self.config.prune.one_shot else level - 1
-            return load_tensors(self.store.arm_dir(trial, source, "imp") / "final.safetensors", self.device)
+            return load_tensors(self.store.final_path(trial, source, TICKET), self.device)
         start = self.init(trial) if level == 0 else self.rewind(trial)
-        if arm not in REDRAWN or level == 0:
+        strategy = ARMS[arm]
+        if strategy.start is None or level == 0:
             return start
-        path = self.store.arm_dir(trial, level, arm) / "start.safetensors"
+        path = self.store.arm_start_path(trial, level, arm)
         if not path.exists():
-            fresh = initial_weights(self.model_fn, derive_seed(self.config.seed, "reinit", arm, level), trial)
-            save_tensors(path, fresh if arm == "reinit" else same_sign(fresh, start))
+            save_tensors(path, strategy.start(self.arm_inputs(trial, level, arm)))
         return load_tensors(path, self.device)
