@@ -94,21 +94,49 @@ def stacked_forward_for(model: nn.Module, example: torch.Tensor | None = None,
         return one
 
     # Buffers too: under vmap, BatchNorm's statistics of a replica came out differently in the last bits
-    # beside other replicas (measured), against invariant 7; one by one they cannot.
-    loop = batching == "loop" or (batching == "auto" and (has_convolutions(model) or any(True for _ in model.buffers())))
+    # beside other replicas (measured), against invariant 7; one by one they cannot. A module that draws
+    # from the global generator (dropout) trains one by one too, each replica under a seed of its own; so
+    # does one that vmap cannot batch (an LSTM: no batching rule for aten::lstm), found by trying.
+    draws = example is not None and draws_from_global_rng(model, example)
+    loop = batching == "loop" or draws or (batching == "auto" and (
+        has_convolutions(model) or any(True for _ in model.buffers())
+        or (example is not None and not _vmap_can_batch(model, call(False), example))))
     if loop:
         each, shared = _one_by_one(call(False)), _one_by_one(call(False), shared_input=True)
-    else:
-        # randomness="error": a draw inside the vmapped call would mix replicas; fail loudly instead.
-        each = vmap(call(False), randomness="error")
-        shared = vmap(call(False), in_dims=(0, None), randomness="error")
-    if example is not None and draws_from_global_rng(model, example):
-        return StackedForwards(_replica_by_replica(call(True)), each, shared, loop)
-    if loop:
+        if draws:
+            return StackedForwards(_replica_by_replica(call(True)), each, shared, True)
         looped = _one_by_one(call(True))
         return StackedForwards(lambda p, x, draws: looped(p, x), each, shared, True)
+    # randomness="error": a draw inside the vmapped call would mix replicas; fail loudly instead.
+    each = vmap(call(False), randomness="error")
+    shared = vmap(call(False), in_dims=(0, None), randomness="error")
     batched = vmap(call(True), randomness="error")
     return StackedForwards(lambda p, x, draws: batched(p, x), each, shared)
+
+
+def _vmap_can_batch(model: nn.Module, one: Callable[[Params, torch.Tensor], torch.Tensor], example: torch.Tensor) -> bool:
+    """Whether a vmapped call over two stacked copies of the model runs (not every op has a batching rule)."""
+    stacked = {n: t.detach().unsqueeze(0).expand(2, *t.shape) for n, t in
+               [*model.named_parameters(), *model.named_buffers()]}
+    try:
+        with torch.no_grad():
+            vmap(one, randomness="error")(stacked, example.unsqueeze(0).expand(2, *example.shape))
+    except Exception:  # noqa: BLE001 - any failure of the fast path means: train one by one
+        return False
+    return True
+
+
+def _replica_by_replica(one: Callable[[Params, torch.Tensor], torch.Tensor]) -> TrainForward:
+    """Training forwards one replica at a time, each drawing from the global generator under its own seed
+    (restored afterwards), so a replica's dropout masks are its own whatever shares the pass."""
+    def train(p: Params | list[Params], x: torch.Tensor, draws: ReplicaDraws) -> torch.Tensor:
+        outputs = []
+        for r, row in enumerate(_rows(p)):
+            with torch.random.fork_rng(devices=_devices(x.device)):
+                torch.manual_seed(draws.global_seed(r))
+                outputs.append(one(row, _fast_layout(x[r])))
+        return torch.stack(outputs)
+    return train
 
 
 def _fast_layout(x: torch.Tensor) -> torch.Tensor:

@@ -10,6 +10,7 @@ from ..config import ModelConfig
 from .conv import PLANS, ConvNet
 from .kws import KeywordCNN
 from .mlp import MLP
+from .prunable import PRUNABLE_TYPES, describe_prunable, prunable_roles
 from .resnet import ResNet
 from .vgg import VGG, VGG_PLANS
 
@@ -71,9 +72,6 @@ MODELS: dict[str, ModelBuilder] = {
     "kws-cnn": _kws_cnn,
 }
 
-PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
-
-
 def build_model(config: ModelConfig, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     return MODELS[config.name](config, input_shape, num_classes)
 
@@ -85,26 +83,5 @@ def parameter_names(model: nn.Module) -> dict[str, str]:
     return {n: canonical[id(p)] for n, p in model.named_parameters(remove_duplicate=False)}
 
 
-def prunable_roles(model: nn.Module) -> dict[str, str]:
-    """Parameter name -> kind ("conv", "hidden" for fully-connected, or "output") for the weights of
-    Linear and Conv layers; each kind has its own pruning rate.
-
-    Chosen by module type, never by name: BatchNorm scales and biases are also called `weight`/`bias`.
-    The last such layer in registration order is the output layer. A weight tied between layers is one
-    prunable tensor (one mask), named canonically, of the kind of its first layer (or "output" if one of
-    its layers is the output layer).
-    """
-    canonical = {id(p): n for n, p in model.named_parameters()}
-    layers = [module for module in model.modules() if isinstance(module, PRUNABLE_TYPES)]
-    if not layers:
-        raise ValueError("the model has no Linear or Conv layers to prune")
-    roles: dict[str, str] = {}
-    for i, module in enumerate(layers):
-        name = canonical[id(module.weight)]
-        kind = "output" if i == len(layers) - 1 else "hidden" if isinstance(module, nn.Linear) else "conv"
-        if name not in roles or kind == "output":
-            roles[name] = kind
-    return roles
-
-
-__all__ = ["ConvNet", "KeywordCNN", "MLP", "ResNet", "VGG", "MODELS", "build_model", "parameter_names", "prunable_roles"]
+__all__ = ["ConvNet", "KeywordCNN", "MLP", "ResNet", "VGG", "MODELS", "build_model", "parameter_names", "prunable_roles",
+           "describe_prunable", "PRUNABLE_TYPES"]
