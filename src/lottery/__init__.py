@@ -1,5 +1,5 @@
 """lottery: find winning lottery tickets with iterative magnitude pruning, and measure them honestly."""
-from .arms import ARMS
+from .arms import ARMS, register_arm
 from .claims import check_claims
 from .config import DataConfig, ModelConfig, PruneConfig, RunConfig, TrainConfig
 from .criteria import CRITERIA, register_criterion
@@ -7,9 +7,10 @@ from .data import Dataset, load_data, load_dataset
 from .errors import UserError
 from .export import Ticket, export_ticket, load_ticket, read_ticket, to_torch_prune
 from .imp import find_tickets
+from .user_loop import IMP, Network
 from .options import RunOptions
 from .masks import count, percent_remaining
-from .models import MODELS, build_model, prunable_roles
+from .models import MODELS, build_model, describe_prunable, prunable_roles
 from .presets import PRESETS, get_preset
 from .ranks import join_torchrun_group
 from .prune import prune_one_shot, prune_round
@@ -42,5 +43,5 @@ __all__ = [
     "ARMS", "CRITERIA", "check_claims", "write_report", "DataConfig", "Dataset", "MODELS", "ModelConfig", "PRESETS", "PruneConfig", "RunConfig",
     "RunOptions", "TrainConfig", "UserError", "build_model", "count", "find_tickets", "get_preset",
     "Ticket", "export_ticket", "load_ticket", "read_ticket", "to_torch_prune", "join_torchrun_group", "load_dataset", "percent_remaining", "prunable_roles", "prune_one_shot", "prune_round", "read_results",
-    "register_criterion",
+    "register_criterion", "IMP", "Network", "register_arm", "describe_prunable",
 ]

@@ -52,6 +52,10 @@ class TrainConfig:
     # depend on what shares its pass; loop: one by one (see lottery.forwards).
     batching: str = "auto"
     test_curves: bool = False  # test set at every evaluation; else at the early-stop iteration and the end (same metrics)
+    # builtin: lottery's stacked trainer with the fields above; user: the user's own loop trains every network
+    # (lottery.IMP), and `described` is how the user describes that training (JSON, part of the run hash).
+    loop: str = "builtin"
+    described: str = ""
 
 
 RETRAINS = ("rewind", "lr-rewind", "finetune")
@@ -101,7 +105,8 @@ class RunConfig:
                                                       "model.depth": 0,
                                                       "train.batching": "auto", "prune.retrain": "rewind",
                                                       "prune.finetune_lr": 0.0, "prune.rewind_optimizer": False,
-                                                      "prune.pattern": ""}
+                                                      "prune.pattern": "", "train.loop": "builtin",
+                                                      "train.described": ""}
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -238,13 +243,32 @@ def validate(config: RunConfig) -> None:
     from .models import MODELS
 
     t, p = config.train, config.prune
-    checks: list[tuple[bool, str]] = [
+    user_loop = t.loop == "user"
+    procedure: list[tuple[bool, str]] = [
+        (t.loop in ("builtin", "user"), f"train.loop must be builtin or user, got {t.loop!r}"),
         (config.trials >= 1, f"trials must be at least 1, got {config.trials}"),
         (p.levels >= 0, f"levels must be 0 or more, got {p.levels}"),
         (all(a in ARMS for a in config.arms), f"unknown arm in {config.arms}; known: {', '.join(ARMS)}"),
         ("imp" in config.arms, f"arms must include imp (the ticket that the controls are built from), got {config.arms}"),
         (len(set(config.arms)) == len(config.arms), f"arms are listed twice in {config.arms}"),
         (not (p.one_shot and "one-shot" in config.arms), "the one-shot arm is for iterative runs; --one-shot runs are one-shot already"),
+        (p.criterion in CRITERIA, f"unknown criterion {p.criterion!r}; known: {', '.join(CRITERIA)}"),
+        (p.scope in ("layerwise", "global"), f"scope must be layerwise or global, got {p.scope!r}"),
+        (0 < p.rate_hidden < 1, f"prune.rate_hidden must be in (0, 1), got {p.rate_hidden}"),
+        (0 <= p.rate_output < 1, f"prune.rate_output must be in [0, 1), got {p.rate_output}"),
+        (p.rate_conv == -1 or 0 < p.rate_conv < 1,
+         f"prune.rate_conv must be in (0, 1), or -1 for the hidden rate, got {p.rate_conv}"),
+        (p.rewind_iteration >= 0, f"rewind iteration must be 0 or more, got {p.rewind_iteration}"),
+        (all(0 < q < 100 for q in p.one_shot), f"one-shot percents must be in (0, 100), got {p.one_shot}"),
+        (p.retrain in RETRAINS, f"prune.retrain must be one of {', '.join(RETRAINS)}, got {p.retrain!r}"),
+        (not p.rewind_optimizer or (p.rewind_iteration > 0 and p.retrain == "rewind"),
+         "prune.rewind_optimizer needs prune.retrain=rewind and a rewind iteration k > 0 (at k = 0 the optimizer "
+         "is fresh anyway; lr-rewind and finetune keep the trained weights, not the state at k)"),
+        (_pattern_ok(p.pattern), f"prune.pattern must be N:M with 0 < N < M (e.g. 2:4), or empty, got {p.pattern!r}"),
+        (user_loop or not t.described, "train.described is for runs trained by the user's own loop (train.loop=user)"),
+    ]
+    # What only the built-in trainer reads: a user's loop brings its own data, model and training.
+    training: list[tuple[bool, str]] = [
         (config.data.dataset in DATASETS, f"unknown dataset {config.data.dataset!r}; known: {', '.join(DATASETS)}"),
         (config.data.augment in AUGMENTATIONS,
          f"data.augment must be one of {', '.join(AUGMENTATIONS)}, got {config.data.augment!r}"),
@@ -265,28 +289,17 @@ def validate(config: RunConfig) -> None:
         (0 < t.gamma <= 1, f"train.gamma must be in (0, 1] (the learning rate is multiplied by it), got {t.gamma}"),
         (t.precision in ("float32", "bf16"), f"train.precision must be float32 or bf16, got {t.precision!r}"),
         (t.batching in ("auto", "loop", "vmap"), f"train.batching must be auto, loop or vmap, got {t.batching!r}"),
-        (p.criterion in CRITERIA, f"unknown criterion {p.criterion!r}; known: {', '.join(CRITERIA)}"),
-        (p.scope in ("layerwise", "global"), f"scope must be layerwise or global, got {p.scope!r}"),
-        (0 < p.rate_hidden < 1, f"prune.rate_hidden must be in (0, 1), got {p.rate_hidden}"),
-        (0 <= p.rate_output < 1, f"prune.rate_output must be in [0, 1), got {p.rate_output}"),
-        (p.rate_conv == -1 or 0 < p.rate_conv < 1,
-         f"prune.rate_conv must be in (0, 1), or -1 for the hidden rate, got {p.rate_conv}"),
         (0 <= p.rewind_iteration < t.iterations,
          f"rewind iteration must be in [0, iterations={t.iterations}), got {p.rewind_iteration}"),
-        (all(0 < q < 100 for q in p.one_shot), f"one-shot percents must be in (0, 100), got {p.one_shot}"),
-        (p.retrain in RETRAINS, f"prune.retrain must be one of {', '.join(RETRAINS)}, got {p.retrain!r}"),
         ((p.finetune_lr > 0) == (p.retrain == "finetune"),
          f"prune.finetune_lr must be set (> 0) with prune.retrain=finetune and only then, got {p.finetune_lr}"),
-        (not p.rewind_optimizer or (p.rewind_iteration > 0 and p.retrain == "rewind"),
-         "prune.rewind_optimizer needs prune.retrain=rewind and a rewind iteration k > 0 (at k = 0 the optimizer "
-         "is fresh anyway; lr-rewind and finetune keep the trained weights, not the state at k)"),
-        (_pattern_ok(p.pattern), f"prune.pattern must be N:M with 0 < N < M (e.g. 2:4), or empty, got {p.pattern!r}"),
         (0 <= config.data.permute_fraction <= 1,
          f"data.permute_fraction must be in [0, 1], got {config.data.permute_fraction}"),
         (config.data.val_size == -1 or config.data.val_size >= t.batch_size,
          f"data.val_size must be -1 (the dataset's default) or at least one batch (train.batch_size={t.batch_size}): "
          f"early stopping needs a validation set, got {config.data.val_size}"),
     ]
+    checks = procedure + ([] if user_loop else training)
     for ok, message in checks:
         if not ok:
             raise UserError(message)

@@ -61,7 +61,12 @@ def _mean_curve(store: RunStore, arm: str, level: int, trials: list[int]) -> tup
 
 
 def _has_curves(store: RunStore, rows: list[dict]) -> bool:
-    return all(store.curves_path(r["trial"], r["level"], r["arm"]).exists() for r in rows if r["arm"] == "imp")
+    """Every ticket has curves.csv with an accuracy column (a user's loop may log none, or only losses)."""
+    paths = [store.curves_path(r["trial"], r["level"], r["arm"]) for r in rows if r["arm"] == "imp"]
+    if not paths or not all(p.exists() for p in paths):
+        return False
+    first = load_csv(paths[0], ("iteration",))
+    return any(not math.isnan(float(c.get(k, "nan") or "nan")) for c in first for k in ("test_accuracy", "val_accuracy"))
 
 
 def _curves_figure(store: RunStore, grouped: dict, path: Path) -> str:
@@ -150,7 +155,8 @@ def write_report(run_dir: Path | str) -> Path:
     config = read_config(store)
     grouped = _by_arm_level(rows)
     out = store.root / "report"
-    title = f"{config.model.name} on {config.data.dataset}"
+    user_loop = config.train.loop == "user"
+    title = f"{config.model.name} (the user's own training)" if user_loop else f"{config.model.name} on {config.data.dataset}"
     _metric_figure(grouped, "early_stop_test_accuracy", 100, "test accuracy at early stop (%)",
                    f"Test accuracy at early stop: {title}", out / "accuracy.png")
     _metric_figure(grouped, "early_stop_iteration", 1, "early-stop iteration (min. validation loss)",
@@ -173,13 +179,21 @@ def write_report(run_dir: Path | str) -> Path:
     mode = f"one-shot to {config.prune.one_shot} %" if config.prune.one_shot else (
         f"iterative, {config.prune.scope}, {conv}hidden {config.prune.rate_hidden:g} / output {config.prune.rate_output:g} "
         f"per level, rewind to iteration {config.prune.rewind_iteration}")
+    if user_loop:
+        protocol = (f"{title}, trained by the user's loop (`lottery.IMP`), described as {config.train.described}; "
+                    f"pruning: {mode}; criterion {config.prune.criterion}.\nThe early-stop iteration and the test "
+                    f"accuracy at it are the ones the user's loop reported.")
+    else:
+        protocol = (f"{title}; {config.train.optimizer} lr {config.train.lr:g}, batch {config.train.batch_size}, "
+                    f"{config.train.iterations} iterations\nper level, validation every {config.train.eval_every}; "
+                    f"pruning: {mode}; criterion {config.prune.criterion}.")
     text = f"""# Report: {store.root.name}
 
-{title}; {config.train.optimizer} lr {config.train.lr:g}, batch {config.train.batch_size}, {config.train.iterations} iterations
-per level, validation every {config.train.eval_every}; pruning: {mode}; criterion {config.prune.criterion}.
-Weights remaining are counted from the masks over the {prunable:,} prunable weights (Linear/Conv weights;
-biases are not prunable). Early stop is the iteration of minimum validation loss; its test accuracy is the
-one recorded at that same iteration. Cells show the mean [min, max] over trials.
+{protocol}
+Weights remaining are counted from the masks over the {prunable:,} prunable weights (the tensors that feed a
+product: Linear/Conv/attention/RNN weights; biases and norms are not prunable). Early stop is the iteration of
+minimum validation loss; its test accuracy is the one recorded at that same iteration. Cells show the mean
+[min, max] over trials.
 
 {chr(10).join(figures)}
 
