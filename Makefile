@@ -10,7 +10,7 @@ DATA ?= $(if $(wildcard ../shared/data/mnist),../shared/data,)
 $(BIN)/lottery: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -e '.[test,export]'
+	$(BIN)/pip install -q -e '.[test,export,lightning,huggingface]'
 	touch $(BIN)/lottery
 
 install: $(BIN)/lottery

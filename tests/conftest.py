@@ -54,6 +54,16 @@ def shared_data() -> Path:
     return path
 
 
+def require(module: str):  # type: ignore[no-untyped-def]
+    """An optional extra that `make test` installs (lightning, transformers): skipped when absent, except in
+    CI, where a missing extra is a failure."""
+    if os.environ.get("CI"):
+        import importlib
+
+        return importlib.import_module(module)
+    return pytest.importorskip(module)
+
+
 @pytest.fixture(scope="session")
 def mnist(shared_data: Path) -> lottery.Dataset:
     return lottery.load_dataset("mnist", shared_data, val_size=5000)
