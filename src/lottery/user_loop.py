@@ -87,8 +87,8 @@ def _state(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def _unwrap(optimizer: Any) -> torch.optim.Optimizer:
     """The torch optimizer inside a wrapper (Lightning's LightningOptimizer, accelerate's AcceleratedOptimizer)."""
-    seen = 0
-    while not isinstance(optimizer, torch.optim.Optimizer) and hasattr(optimizer, "optimizer") and seen < 8:
+    seen = 0  # accelerate's wrapper subclasses Optimizer without being one (no hooks): unwrap it too
+    while getattr(optimizer, "optimizer", None) is not None and seen < 8:
         optimizer, seen = optimizer.optimizer, seen + 1
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise UserError(f"attach() needs a torch.optim.Optimizer (or a wrapper with .optimizer), got "
@@ -121,10 +121,15 @@ class Network:
         # Only tensors with pruned weights need hooks: a dense level runs with none.
         self._masked = [(params[n], m) for n, m in self.mask.items() if not bool(m.all())]
         self._masked_params = [p for p, _ in self._masked]
-        self._mask_values = [m.to(p.dtype) for p, m in self._masked]
-        for p, m in self._masked:
-            self._hooks.append(p.register_hook(lambda g, m=m: g * m))
+        self._mask_values: list[torch.Tensor] = []
+        self._place_masks()
+        for i, p in enumerate(self._masked_params):
+            self._hooks.append(p.register_hook(lambda g, i=i: g * self._mask_values[i]))
         self._load(start.start)
+
+    def _place_masks(self) -> None:
+        """Masks as the parameters' dtype on their device (a trainer may have moved the model since)."""
+        self._mask_values = [m.to(p.device, p.dtype) for p, m in self._masked]
 
     @property
     def percent_remaining(self) -> float:
@@ -148,6 +153,7 @@ class Network:
         """Enforce the mask through `optimizer` (any torch.optim.Optimizer, or a wrapper holding one) from
         now on, and start it from the rewound state at k where the run rewinds the optimizer. Returns it."""
         inner = _unwrap(optimizer)
+        self._place_masks()
         if self._optimizer is not None and self._optimizer is not inner:
             raise UserError("this network is attached to another optimizer already; attach one per network")
         if self._optimizer is None:
@@ -166,7 +172,7 @@ class Network:
                 if name is None or not slots:
                     continue
                 mask = self.mask.get(name)
-                optimizer.state[p] = {key: (t.to(p) * mask if mask is not None else t.to(p)).clone()
+                optimizer.state[p] = {key: (t.to(p) * mask.to(p.device) if mask is not None else t.to(p)).clone()
                                       for key, t in slots.items()}
                 optimizer.state[p]["step"] = torch.tensor(float(steps))
 
