@@ -52,6 +52,9 @@ class TrainConfig:
     # depend on what shares its pass; loop: one by one (see lottery.forwards).
     batching: str = "auto"
     test_curves: bool = False  # test set at every evaluation; else at the early-stop iteration and the end (same metrics)
+    # final_train_accuracy on this many training examples (a fixed sample, the same for every network), so
+    # that a short run's last evaluation does not dwarf its training; 0: all of them. results.csv says which.
+    train_accuracy_examples: int = 10_000
     # builtin: lottery's stacked trainer with the fields above; user: the user's own loop trains every network
     # (lottery.IMP), and `described` is how the user describes that training (JSON, part of the run hash).
     loop: str = "builtin"
@@ -106,6 +109,7 @@ class RunConfig:
                                                       "train.batching": "auto", "prune.retrain": "rewind",
                                                       "prune.finetune_lr": 0.0, "prune.rewind_optimizer": False,
                                                       "prune.pattern": "", "train.loop": "builtin",
+                                                      "train.train_accuracy_examples": 10_000,
                                                       "train.described": ""}
 
     def to_dict(self) -> dict[str, Any]:
@@ -289,6 +293,8 @@ def validate(config: RunConfig) -> None:
         (0 < t.gamma <= 1, f"train.gamma must be in (0, 1] (the learning rate is multiplied by it), got {t.gamma}"),
         (t.precision in ("float32", "bf16"), f"train.precision must be float32 or bf16, got {t.precision!r}"),
         (t.batching in ("auto", "loop", "vmap"), f"train.batching must be auto, loop or vmap, got {t.batching!r}"),
+        (t.train_accuracy_examples >= 0,
+         f"train.train_accuracy_examples must be 0 (all) or more, got {t.train_accuracy_examples}"),
         (0 <= p.rewind_iteration < t.iterations,
          f"rewind iteration must be in [0, iterations={t.iterations}), got {p.rewind_iteration}"),
         ((p.finetune_lr > 0) == (p.retrain == "finetune"),

@@ -29,7 +29,7 @@ from .lineage import LineageCheck
 from .optim import OptimizerState, flatten_state
 from .order import derive_seed
 from .ranks import Ranks
-from .results import RESULT_COLUMNS, collect_results
+from .results import LATER_COLUMNS, RESULT_COLUMNS, collect_results
 from .store import RunStore, remove_empty_folder, save_csv, save_json, save_tensors, tensor_digest
 from .tickets import ModelFn, Tickets
 
@@ -170,7 +170,7 @@ class Procedure:
 
     def write_results(self) -> None:
         rows = collect_results(self.store, self.trials, self.levels, tuple(self.config.arms))
-        save_csv(self.store.results_path, rows, RESULT_COLUMNS)
+        save_csv(self.store.results_path, rows, RESULT_COLUMNS + LATER_COLUMNS)
         # Every network is done: what is left are checkpoints of passes cut another way (another
         # --max-replicas, another number of processes); their networks were trained since.
         for stale in self.store.checkpoint_dir.glob("*.safetensors"):

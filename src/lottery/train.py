@@ -32,7 +32,7 @@ from .masks import Mask
 from .memory import Workspace, fix_malloc_threshold
 from .sizing import eval_batch_for, largest_activation
 from .optim import OptimizerState, ReplicaOptimizer
-from .order import BatchOrder, ReplicaDraws
+from .order import BatchOrder, ReplicaDraws, derive_seed
 
 CURVES = ("val_loss", "val_accuracy", "test_loss", "test_accuracy")
 
@@ -63,6 +63,7 @@ class ReplicaResult:
     final_train_accuracy: float
     final: dict[str, torch.Tensor] = field(repr=False)
     path: dict[str, torch.Tensor] | None = field(default=None, repr=False)  # Σ|θt+1 − θt| per prunable weight
+    train_accuracy_examples: int = 0  # how many training examples final_train_accuracy was measured on
 
     def metrics(self) -> dict[str, float | int]:
         return {
@@ -71,6 +72,7 @@ class ReplicaResult:
             "early_stop_test_accuracy": self.early_stop_test_accuracy,
             "final_test_accuracy": self.final_test_accuracy,
             "final_train_accuracy": self.final_train_accuracy,
+            "train_accuracy_examples": self.train_accuracy_examples,
         }
 
 
@@ -339,9 +341,20 @@ class StackedTrainer:
             self.curves["test_loss"][at][r] = loss[i]
             self.curves["test_accuracy"][at][r] = acc[i]
 
+    def train_accuracy_sample(self) -> torch.Tensor | None:
+        """The training examples final_train_accuracy is measured on: None for all of them, else a fixed
+        sample of `cfg.train_accuracy_examples` (the same for every network of every run on this data)."""
+        n, size = self.cfg.train_accuracy_examples, len(self.data.x_train)
+        if n == 0 or n >= size:
+            return None
+        order = torch.randperm(size, generator=torch.Generator().manual_seed(derive_seed("train-accuracy-sample", size)))
+        return order[:n].sort().values.to(self.data.x_train.device)
+
     def results(self) -> list[ReplicaResult]:
         """Per-replica results; call after training to `cfg.iterations`."""
-        _, train_acc = self.loss_and_accuracy(self.data.x_train, self.data.y_train)
+        sample = self.train_accuracy_sample()
+        x, y = (self.data.x_train, self.data.y_train) if sample is None else (self.data.x_train[sample], self.data.y_train[sample])
+        _, train_acc = self.loss_and_accuracy(x, y)
         curves = {k: torch.stack(v).T.tolist() for k, v in self.curves.items()}  # [R][evals]
         out = []
         for r in range(self.count):
@@ -355,6 +368,7 @@ class StackedTrainer:
                 final_train_accuracy=float(train_acc[r]),
                 final={n: t[r].detach().clone() for n, t in self.tensors().items()},
                 path={n: p[r].clone() for n, p in self.path.items()} if self.path else None,
+                train_accuracy_examples=len(x),
             ))
         return out
 

@@ -228,6 +228,9 @@ class Network:
                             f"that long, or rewind earlier")
         self._zero_pruned()  # whatever the loop did outside the optimizer, a pruned weight ends at zero
         metrics = {"early_stop_iteration": iteration, **values}
+        examples = extra.pop("train_accuracy_examples", None)  # how many examples final_train_accuracy saw
+        if examples is not None:
+            metrics["train_accuracy_examples"] = int(examples)
         extras = {"steps": self.steps, **{k: finite_or_nan(v, k) for k, v in extra.items()}}
         columns = CURVE_COLUMNS + sorted({k for row in self._curves for k in row} - {"iteration", *CURVE_COLUMNS})
         rows = [{c: row.get(c, math.nan) for c in ["iteration", *columns]} for row in self._curves]
