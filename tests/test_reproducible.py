@@ -8,6 +8,7 @@ import pytest
 
 import lottery
 from lottery import imp as imp_module
+from lottery import procedure as procedure_module
 from lottery.store import load_tensors, save_tensors
 
 from conftest import run_cli
@@ -70,22 +71,22 @@ def test_a_kill_between_the_per_replica_saves_resumes_from_the_checkpoint_to_ide
         reference, tmp_path, monkeypatch, mnist1d):
     """The process dies after two of a pass's replicas were saved: the rest resume from the pass's
     checkpoint (their rows of it), and the run ends as the uninterrupted one did."""
-    original = imp_module._Procedure._save_result
+    original = procedure_module.Procedure.record
     saved = []
 
-    def dies_after_two_saves_at_level_2(self, job, spec, result):
-        original(self, job, spec, result)
-        saved.append(job)
-        if job.level == 2 and len([j for j in saved if j.level == 2]) == 2:
+    def dies_after_two_saves_at_level_2(self, network, *args, **kwargs):
+        original(self, network, *args, **kwargs)
+        saved.append(network)
+        if network.level == 2 and len([n for n in saved if n.level == 2]) == 2:
             raise KeyboardInterrupt  # what a kill at this point leaves behind
 
-    monkeypatch.setattr(imp_module._Procedure, "_save_result", dies_after_two_saves_at_level_2)
+    monkeypatch.setattr(procedure_module.Procedure, "record", dies_after_two_saves_at_level_2)
     options = lottery.RunOptions(progress=False, checkpoint_seconds=0)
     run_dir = tmp_path / reference.name
     with pytest.raises(KeyboardInterrupt):
         lottery.find_tickets(_config(), run_dir, data=mnist1d, options=options)
     assert (run_dir / "checkpoints" / "level_02.safetensors").exists()
-    monkeypatch.setattr(imp_module._Procedure, "_save_result", original)
+    monkeypatch.setattr(procedure_module.Procedure, "record", original)
 
     resumed_at = []
     real_resume = imp_module.resume

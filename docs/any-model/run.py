@@ -80,8 +80,10 @@ def main() -> None:
     parser.add_argument("--data-dir", default="../shared/data")
     parser.add_argument("--levels", type=int, default=10)
     parser.add_argument("--trials", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: the LSTM's small products "
+                        "gain little from a second thread, and the run can share the machine)")
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     data = lottery.load_dataset("fsdd", args.data_dir)
     imp = lottery.IMP(SpokenDigitLSTM, args.run_dir, levels=args.levels, trials=args.trials,  # lottery
                       arms=["imp", "reinit", "random"], rate=0.2, rate_output=0.1,

@@ -188,11 +188,16 @@ class Network:
         update): zero the pruned weights and their optimizer slots, count the step, save θk at step k."""
         self._zero_pruned()
         if self._optimizer is not None and self._masked:
-            state = self._optimizer.state
+            state, slots, masks = self._optimizer.state, [], []
             for p, m in zip(self._masked_params, self._mask_values):
                 for slot in state.get(p, {}).values():
-                    if isinstance(slot, torch.Tensor) and slot.shape == p.shape:
-                        slot.mul_(m)
+                    if isinstance(slot, torch.Tensor) and slot.shape == p.shape and slot.dtype == m.dtype:
+                        slots.append(slot)
+                        masks.append(m)
+                    elif isinstance(slot, torch.Tensor) and slot.shape == p.shape:
+                        slot.mul_(m.to(slot.dtype))
+            if slots:  # one multi-tensor call: the hooks' cost per step stays small beside the step itself
+                torch._foreach_mul_(slots, masks)
         self.steps += 1
         if self._imp._captures_rewind_point(self) and self.steps == self._imp.rewind_iteration:
             self._imp._save_rewind_point(self)
