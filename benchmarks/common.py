@@ -104,10 +104,10 @@ def lenet_trainer(data, replicas: int, streams: int, iterations: int, precision:
     """A StackedTrainer of LeNet-300-100 replicas with random masks after `prune_rounds` rounds of the
     paper's rates (0: dense, so no masking cost), replica r reading data stream r % streams."""
     import lottery
-    from lottery.imp import EVAL_BATCH, initial_weights
-    from lottery.masks import dense_mask
-    from lottery.prune import prune_round
-    from lottery.train import ReplicaSpec, StackedTrainer
+    from lottery.procedure.find import EVAL_BATCH, initial_weights
+    from lottery.pruning.masks import dense_mask
+    from lottery.pruning.prune import prune_round
+    from lottery.training.trainer import ReplicaSpec, StackedTrainer
 
     config = lottery.get_preset("lenet300-mnist")
     config.train.iterations = iterations

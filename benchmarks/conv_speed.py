@@ -29,10 +29,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 import lottery  # noqa: E402
-from lottery.masks import dense_mask  # noqa: E402
-from lottery.prune import prune_round  # noqa: E402
-from lottery.tickets import initial_weights  # noqa: E402
-from lottery.train import ReplicaSpec, StackedTrainer  # noqa: E402
+from lottery.pruning.masks import dense_mask  # noqa: E402
+from lottery.pruning.prune import prune_round  # noqa: E402
+from lottery.procedure.tickets import initial_weights  # noqa: E402
+from lottery.training.trainer import ReplicaSpec, StackedTrainer  # noqa: E402
 
 PRESETS = {"conv2": "conv2-cifar10", "resnet20": "resnet20-cifar10"}
 

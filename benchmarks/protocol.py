@@ -5,7 +5,7 @@ ticket arm) x 50,000 iterations, batch 60, Adam, validation every 100 on 5,000 h
 Each level trains its 10 replicas (5 trials x 2 arms, the arms of a trial sharing its batches) in one
 pass. We time shortened passes on real MNIST and scale them to 50,000 iterations. Early in training
 the validation loss improves at most evaluations, which costs a copy of the weights each time (the
-test set runs once per network, at the end; see lottery.early_stop); over a full run it improves far
+test set runs once per network, at the end; see lottery.training.early_stop); over a full run it improves far
 less often, so the extrapolation is an upper bound.
 
     .venv/bin/python benchmarks/protocol.py [--iterations 2000] [--precision float32|bf16] [--device cpu]

@@ -4,7 +4,7 @@ For LeNet-300-100 (MNIST), Conv-2 and ResNet-20 (CIFAR-10), in float32 and bf16:
 second of our StackedTrainer (training steps only, masks at level 3 of the ladder, each replica its own
 data stream) at 1, 2, 4, ... replicas, and of a plain loop training one network at a time (the same
 work, see conv_speed.py). Writes replicas.csv, replicas.md and replicas.png to --out. The sizing rule
-(lottery.sizing.SPEED_CAP) comes from where the curve flattens.
+(lottery.training.sizing.SPEED_CAP) comes from where the curve flattens.
 
     .venv/bin/python benchmarks/replicas.py [--device cpu|cuda] [--models lenet300,conv2,resnet20]
         [--precisions float32,bf16] [--replicas 1,2,4,8,16,32,64] [--iterations 20] [--out DIR]

@@ -19,8 +19,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
-from lottery.deploy import measure_ticket, ticket_markdown  # noqa: E402
-from lottery.export import export_ticket  # noqa: E402
+from lottery.deploy.bench import measure_ticket, ticket_markdown  # noqa: E402
+from lottery.deploy.export import export_ticket  # noqa: E402
 
 
 def main() -> None:

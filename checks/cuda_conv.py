@@ -23,10 +23,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import lottery  # noqa: E402
 from lottery.data.cifar10 import NORMALIZATION  # noqa: E402
-from lottery.masks import dense_mask  # noqa: E402
-from lottery.prune import prune_round  # noqa: E402
-from lottery.tickets import initial_weights  # noqa: E402
-from lottery.train import ReplicaSpec, StackedTrainer  # noqa: E402
+from lottery.pruning.masks import dense_mask  # noqa: E402
+from lottery.pruning.prune import prune_round  # noqa: E402
+from lottery.procedure.tickets import initial_weights  # noqa: E402
+from lottery.training.trainer import ReplicaSpec, StackedTrainer  # noqa: E402
 
 
 def one_batch(folder: Path, device: str) -> lottery.Dataset:

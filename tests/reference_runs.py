@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 import lottery
-from lottery.store import load_tensors, tensor_digest
+from lottery.storage.files import load_tensors, tensor_digest
 
 
 class ConvBN1d(nn.Module):

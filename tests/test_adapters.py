@@ -8,7 +8,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 import lottery
-from lottery.store import load_tensors
+from lottery.storage.files import load_tensors
 
 from conftest import require
 

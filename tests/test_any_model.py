@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import lottery
-from lottery.store import load_tensors
+from lottery.storage.files import load_tensors
 
 from conftest import tiny_config
 

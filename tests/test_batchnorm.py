@@ -8,11 +8,11 @@ from torch import nn
 
 import lottery
 from lottery.config import TrainConfig
-from lottery.masks import dense_mask
-from lottery.prune import prune_round
-from lottery.store import load_tensors
-from lottery.tickets import initial_weights
-from lottery.train import ReplicaSpec, StackedTrainer
+from lottery.pruning.masks import dense_mask
+from lottery.pruning.prune import prune_round
+from lottery.storage.files import load_tensors
+from lottery.procedure.tickets import initial_weights
+from lottery.training.trainer import ReplicaSpec, StackedTrainer
 
 from conftest import tiny_config
 
@@ -174,7 +174,7 @@ def test_a_tied_weight_is_one_prunable_tensor_with_one_mask(tmp_path, mnist1d):
 
 
 def test_prune_ignore_takes_patterns_and_refuses_one_that_matches_nothing(tmp_path, small_cifar):
-    from lottery.prune import ignored_names
+    from lottery.pruning.prune import ignored_names
 
     roles = lottery.prunable_roles(_resnet8(small_cifar)())
     assert ignored_names(["*shortcut*", "fc.weight"], roles) == [
@@ -195,4 +195,4 @@ def test_vmap_batching_is_refused_with_bf16_for_a_batchnorm_model_before_anythin
     assert not (tmp_path / "run").exists()
     config.train.batching = "sideways"
     with pytest.raises(lottery.UserError, match="train.batching must be"):
-        lottery.config.validate(config)
+        lottery.validation.validate(config)

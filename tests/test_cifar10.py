@@ -14,9 +14,9 @@ import lottery
 from lottery.config import TrainConfig
 from lottery.data.augment import flip_crop
 from lottery.data.cifar10 import FOLDER, MD5, TARBALL
-from lottery.masks import dense_mask
-from lottery.tickets import initial_weights
-from lottery.train import ReplicaSpec, StackedTrainer
+from lottery.pruning.masks import dense_mask
+from lottery.procedure.tickets import initial_weights
+from lottery.training.trainer import ReplicaSpec, StackedTrainer
 
 
 @pytest.fixture(scope="module")

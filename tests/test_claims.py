@@ -1,7 +1,7 @@
 """The claims check on small synthetic results tables: it reports what it sees, both ways."""
 import lottery
-from lottery.claims import PAPER_LADDER, check_claims, protocol_caveats
-from lottery.conv_claims import PAPER_CONV
+from lottery.reports.claims import PAPER_LADDER, check_claims, protocol_caveats
+from lottery.reports.conv_claims import PAPER_CONV
 
 LADDER = {0: 100.0, **{lv: p for lv, p in PAPER_LADDER.items()}}
 

@@ -129,8 +129,8 @@ def test_a_killed_run_resumes_to_the_same_results(tmp_path):
 
 def test_find_warns_when_networks_diverged(tmp_path):
     from lottery.cli import diverged_note
-    from lottery.results import RESULT_COLUMNS
-    from lottery.store import save_csv
+    from lottery.storage.results import RESULT_COLUMNS
+    from lottery.storage.files import save_csv
 
     row = {c: 0 for c in RESULT_COLUMNS} | {"arm": "imp", "percent_remaining": 100.0, "early_stop_val_loss": 0.5}
     save_csv(tmp_path / "results.csv", [row, row | {"trial": 1, "early_stop_val_loss": float("inf")}], RESULT_COLUMNS)

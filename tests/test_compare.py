@@ -2,8 +2,8 @@
 import torch
 
 import lottery
-from lottery.compare import compare_runs, jaccard, random_jaccard
-from lottery.store import load_csv
+from lottery.reports.compare import compare_runs, jaccard, random_jaccard
+from lottery.storage.files import load_csv
 
 from conftest import run_cli, tiny_config
 

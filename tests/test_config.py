@@ -1,7 +1,8 @@
 import pytest
 
 import lottery
-from lottery.config import apply_overrides, from_toml, to_toml, validate
+from lottery.config import apply_overrides, from_toml, to_toml
+from lottery.validation import validate
 from lottery.errors import UserError
 
 
@@ -71,4 +72,4 @@ def test_fewer_iterations_on_a_preset_scale_its_schedule():
     tiny = lottery.get_preset("resnet20-cifar10")
     scale_schedule(tiny, 20)
     assert tiny.train.milestones == [10, 15] and tiny.prune.rewind_iteration == 1
-    lottery.config.validate(tiny)
+    lottery.validation.validate(tiny)

@@ -3,8 +3,8 @@ import pytest
 import torch
 
 import lottery
-from lottery.masks import dense_mask, percent_remaining
-from lottery.prune import prune_round
+from lottery.pruning.masks import dense_mask, percent_remaining
+from lottery.pruning.prune import prune_round
 
 
 def _model(name):
@@ -71,4 +71,4 @@ def test_resnet_depth_is_6n_plus_2():
     config = lottery.get_preset("mnist1d-mlp")
     config.model.name, config.model.depth = "resnet", 30
     with pytest.raises(lottery.UserError, match="6n \\+ 2"):
-        lottery.config.validate(config)
+        lottery.validation.validate(config)

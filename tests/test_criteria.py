@@ -4,9 +4,9 @@ import torch
 
 import lottery
 from lottery.config import TrainConfig
-from lottery.criteria import CRITERIA, score_weights
-from lottery.store import load_tensors
-from lottery.train import StackedTrainer
+from lottery.pruning.criteria import CRITERIA, score_weights
+from lottery.storage.files import load_tensors
+from lottery.training.trainer import StackedTrainer
 
 from conftest import tiny_config
 from test_training import _sparse_specs

@@ -16,7 +16,7 @@ import pytest
 
 from lottery.errors import RunInUse
 from lottery.ranks import Ranks, threads_per_rank
-from lottery.store import hold_run, load_metadata, load_tensors, tensor_digest
+from lottery.storage.files import hold_run, load_metadata, load_tensors, tensor_digest
 
 from conftest import REPO, run_cli
 

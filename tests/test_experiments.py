@@ -3,12 +3,12 @@ import pytest
 import torch
 
 import lottery
-from lottery.attack import adversarial_examples, attack_run, input_units, robust_accuracy
-from lottery.finished import model_and_data, open_run
-from lottery.noise import noise_run, noisy
-from lottery.store import load_csv
-from lottery.train import stacked_forward_for
-from lottery.transfer import transfer_run
+from lottery.experiments.attack import adversarial_examples, attack_run, input_units, robust_accuracy
+from lottery.storage.finished import model_and_data, open_run
+from lottery.experiments.noise import noise_run, noisy
+from lottery.storage.files import load_csv
+from lottery.training.trainer import stacked_forward_for
+from lottery.experiments.transfer import transfer_run
 
 from conftest import run_cli
 

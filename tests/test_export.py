@@ -9,12 +9,12 @@ import torch
 from torch import nn
 
 import lottery
-from lottery.compact import compact, size_of
-from lottery.deploy import masked_and_compact, model_for, to_onnx
+from lottery.deploy.compact import compact, size_of
+from lottery.deploy.bench import masked_and_compact, model_for, to_onnx
 from lottery.errors import UserError
-from lottery.export import choose_level, export_ticket, load_ticket, read_ticket, ticket_of, to_torch_prune
-from lottery.finished import FinishedRun, model_and_data, open_run
-from lottery.inference import compare_forms, sparse_form
+from lottery.deploy.export import choose_level, export_ticket, load_ticket, read_ticket, ticket_of, to_torch_prune
+from lottery.storage.finished import FinishedRun, model_and_data, open_run
+from lottery.deploy.inference import compare_forms, sparse_form
 
 from conftest import run_cli
 

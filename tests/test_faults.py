@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 import lottery
-from lottery.store import hold_run
+from lottery.storage.files import hold_run
 
 from conftest import REPO, run_cli
 
@@ -152,7 +152,7 @@ def test_a_second_writer_is_refused_and_readers_wait_for_the_writer(run_copy):
 
 
 def test_a_killed_writer_releases_the_lock(run_copy):
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from lottery.store import hold_run\n"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from lottery.storage.files import hold_run\n"
                                f"with hold_run({str(run_copy)!r}, command='lottery find'):\n"
                                "    print('held', flush=True); time.sleep(60)"],
                               stdout=subprocess.PIPE, text=True, cwd=REPO)

@@ -10,12 +10,12 @@ from torch.profiler import ProfilerActivity, profile
 
 import lottery
 from lottery.config import TrainConfig
-from lottery.imp import initial_weights
-from lottery.masks import dense_mask
+from lottery.procedure.find import initial_weights
+from lottery.pruning.masks import dense_mask
 from lottery.models.mlp import MLP
 from lottery.order import ReplicaDraws
-from lottery.prune import prune_round
-from lottery.train import ReplicaSpec, StackedTrainer
+from lottery.pruning.prune import prune_round
+from lottery.training.trainer import ReplicaSpec, StackedTrainer
 
 
 @pytest.mark.parametrize("dropout", [0.0, 0.3])

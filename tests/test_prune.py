@@ -2,9 +2,9 @@ import pytest
 import torch
 
 import lottery
-from lottery.masks import count, dense_mask, percent_remaining
-from lottery.prune import prune_count, prune_one_shot, prune_round
-from lottery.store import load_tensors
+from lottery.pruning.masks import count, dense_mask, percent_remaining
+from lottery.pruning.prune import prune_count, prune_one_shot, prune_round
+from lottery.storage.files import load_tensors
 
 from conftest import tiny_config
 
@@ -129,7 +129,7 @@ def test_a_pattern_run_gives_n_of_m_masks_at_every_level_for_the_ticket_and_its_
 
 
 def test_a_random_control_in_a_pattern_keeps_the_tickets_counts_and_the_pattern_a_short_last_group_too():
-    from lottery.arms import random_mask
+    from lottery.pruning.arms import random_mask
     torch.manual_seed(0)
     scores = {"w": torch.rand(6, 10)}  # rows of 10: groups of 4, 4 and a last one of 2
     dense = {"w": torch.ones(6, 10, dtype=torch.bool)}

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 import lottery
-from lottery import imp as imp_module
-from lottery import procedure as procedure_module
-from lottery.store import load_tensors, save_tensors
+from lottery.procedure.levels import find as imp_module
+from lottery.procedure.levels import levels as procedure_module
+from lottery.storage.files import load_tensors, save_tensors
 
 from conftest import run_cli
 

@@ -3,8 +3,8 @@ import pytest
 import torch
 
 import lottery
-from lottery.store import load_csv, load_tensors
-from lottery.train import ReplicaSpec, StackedTrainer
+from lottery.storage.files import load_csv, load_tensors
+from lottery.training.trainer import ReplicaSpec, StackedTrainer
 
 from conftest import run_cli, tiny_config
 
@@ -64,9 +64,9 @@ def test_retrain_modes_are_checked(tmp_path):
 
 def _retrain_by_hand(config, mnist1d, run, arm, optimizer):
     """Level 1's replica of `arm` trained alone from the run's own saved start, mask and optimizer state."""
-    from lottery.optim import unflatten_state
+    from lottery.training.optim import unflatten_state
     from lottery.order import derive_seed
-    from lottery.store import load_metadata
+    from lottery.storage.files import load_metadata
 
     start = load_tensors(run / "trial_0" / "rewind.safetensors")
     own = run / "trial_0" / "level_01" / arm / "mask.safetensors"

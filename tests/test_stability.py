@@ -4,14 +4,14 @@ import torch
 from torch import nn
 
 import lottery
-from lottery.forwards import stacked_forward_for
-from lottery.interpolation import instability, interpolate, recalibrate_batchnorm
-from lottery.masks import dense_mask
-from lottery.finished import open_run
-from lottery.stability import Trunk, stability_run
-from lottery.store import load_csv, load_json, load_tensors
-from lottery.tickets import initial_weights
-from lottery.train import ReplicaSpec, StackedTrainer
+from lottery.training.forwards import stacked_forward_for
+from lottery.experiments.interpolation import instability, interpolate, recalibrate_batchnorm
+from lottery.pruning.masks import dense_mask
+from lottery.storage.finished import open_run
+from lottery.experiments.stability import Trunk, stability_run
+from lottery.storage.files import load_csv, load_json, load_tensors
+from lottery.procedure.tickets import initial_weights
+from lottery.training.trainer import ReplicaSpec, StackedTrainer
 
 from conftest import run_cli, tiny_config
 from test_batchnorm import NormedMLP
@@ -175,7 +175,7 @@ def test_stability_of_a_folder_that_is_no_run(tmp_path):
 
 
 def test_the_2020_claims_follow_the_measured_instability():
-    from lottery.stability_report import stability_claims
+    from lottery.experiments.stability_report import stability_claims
 
     def rows(dense_barrier, ticket_error):
         out = []
@@ -194,7 +194,7 @@ def test_the_2020_claims_follow_the_measured_instability():
 
 
 def test_one_trial_is_reported_as_one_trial_not_as_a_spread():
-    from lottery.stability_report import over_trials
+    from lottery.experiments.stability_report import over_trials
 
     one = [dict(trial=0, arm="imp"), dict(trial=0, arm="imp")]
     three = [dict(trial=t, arm="imp") for t in range(3)]

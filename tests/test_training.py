@@ -5,12 +5,12 @@ import torch
 
 import lottery
 from lottery.config import TrainConfig
-from lottery.imp import initial_weights
+from lottery.procedure.find import initial_weights
 from lottery.order import derive_seed
-from lottery.masks import dense_mask
-from lottery.prune import prune_round
-from lottery.store import load_csv, load_json, load_tensors
-from lottery.train import ReplicaSpec, StackedTrainer
+from lottery.pruning.masks import dense_mask
+from lottery.pruning.prune import prune_round
+from lottery.storage.files import load_csv, load_json, load_tensors
+from lottery.training.trainer import ReplicaSpec, StackedTrainer
 
 from conftest import tiny_config
 
@@ -168,7 +168,7 @@ def test_bf16_training_matches_float32_within_noise(mnist1d):
 
 
 def test_dropout_acts_in_training_only_and_matches_the_module(mnist1d):
-    from lottery.forwards import stacked_forward_for
+    from lottery.training.forwards import stacked_forward_for
     from lottery.order import ReplicaDraws
 
     model = lottery.build_model(lottery.ModelConfig(name="mlp", hidden=[64, 64], dropout=0.5),

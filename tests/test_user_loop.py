@@ -12,7 +12,7 @@ from torch import nn
 import lottery
 from lottery.errors import UserError
 from lottery.order import BatchOrder
-from lottery.store import load_tensors
+from lottery.storage.files import load_tensors
 
 from conftest import require
 

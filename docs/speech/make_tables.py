@@ -17,8 +17,8 @@ from statistics import mean
 import torch
 
 from lottery.data.fsdd import SPEAKERS, speakers_of
-from lottery.figures import plt, save_figure
-from lottery.finished import model_and_data, open_run
+from lottery.reports.figures import plt, save_figure
+from lottery.storage.finished import model_and_data, open_run
 
 
 def per_speaker_final_accuracy(run_dir: Path, data_dir: Path) -> dict[tuple[str, int, str], float]:

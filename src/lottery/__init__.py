@@ -1,32 +1,33 @@
 """lottery: find winning lottery tickets with iterative magnitude pruning, and measure them honestly."""
-from .arms import ARMS, register_arm
-from .claims import check_claims
-from .config import DataConfig, ModelConfig, PruneConfig, RunConfig, TrainConfig
-from .criteria import CRITERIA, register_criterion
-from .data import Dataset, load_data, load_dataset
-from .errors import UserError
-from .export import Ticket, export_ticket, load_ticket, read_ticket, to_torch_prune
-from .imp import find_tickets
-from .user_loop import IMP, Network
-from .options import RunOptions
-from .masks import count, percent_remaining
-from .models import MODELS, build_model, describe_prunable, prunable_roles
-from .presets import PRESETS, get_preset
-from .ranks import join_torchrun_group
-from .prune import prune_one_shot, prune_round
-from .results import read_results
+from lottery.pruning.arms import ARMS, register_arm
+from lottery.reports.claims import check_claims
+from lottery.config import DataConfig, ModelConfig, PruneConfig, RunConfig, TrainConfig
+from lottery.pruning.criteria import CRITERIA, register_criterion
+from lottery.data import Dataset, load_data, load_dataset
+from lottery.errors import UserError
+from lottery.deploy.export import Ticket, export_ticket, load_ticket, read_ticket, to_torch_prune
+from lottery.procedure.find import find_tickets
+from lottery.procedure.user_loop import IMP, Network
+from lottery.options import RunOptions
+from lottery.pruning.masks import count, percent_remaining
+from lottery.models import MODELS, build_model, describe_prunable, prunable_roles
+from lottery.presets import PRESETS, get_preset
+from lottery.ranks import join_torchrun_group
+from lottery.pruning.prune import prune_one_shot, prune_round
+from lottery.storage.results import read_results
 
 
 
 def write_report(run_dir):  # type: ignore[no-untyped-def]
     """Write RUN_DIR/report/ (figures, report.md); matplotlib is imported only when this is called."""
-    from .report import write_report as _write_report
+    from lottery.reports.report import write_report as _write_report
 
     return _write_report(run_dir)
 
 
-_EXPERIMENTS = {"compare_runs": "compare", "noise_run": "noise", "attack_run": "attack", "transfer_run": "transfer",
-               "stability_run": "stability"}
+_EXPERIMENTS = {"compare_runs": "lottery.reports.compare", "noise_run": "lottery.experiments.noise",
+                "attack_run": "lottery.experiments.attack", "transfer_run": "lottery.experiments.transfer",
+                "stability_run": "lottery.experiments.stability"}
 
 
 def __getattr__(name: str):  # type: ignore[no-untyped-def]
@@ -34,7 +35,7 @@ def __getattr__(name: str):  # type: ignore[no-untyped-def]
     if name in _EXPERIMENTS:
         import importlib
 
-        return getattr(importlib.import_module(f".{_EXPERIMENTS[name]}", __name__), name)
+        return getattr(importlib.import_module(_EXPERIMENTS[name]), name)
     raise AttributeError(f"module 'lottery' has no attribute {name!r}")
 
 

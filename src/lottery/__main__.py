@@ -1,6 +1,6 @@
 """`python -m lottery ...` and `torchrun ... -m lottery ...`: the command line."""
 import sys
 
-from .cli import main
+from lottery.cli import main
 
 sys.exit(main())

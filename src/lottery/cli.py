@@ -10,11 +10,12 @@ from pathlib import Path
 from statistics import mean
 from typing import TYPE_CHECKING
 
-from .config import RunConfig, apply_overrides, scale_schedule, set_value, validate
-from .errors import UserError
+from lottery.config import RunConfig, apply_overrides, scale_schedule, set_value
+from lottery.validation import validate
+from lottery.errors import UserError
 
 if TYPE_CHECKING:
-    from .options import RunOptions
+    from lottery.options import RunOptions
 
 
 class _Parser(argparse.ArgumentParser):
@@ -171,7 +172,7 @@ def _training_flags(parser: argparse.ArgumentParser) -> None:
 
 def _run_options(args: argparse.Namespace) -> RunOptions:
     """RunOptions from the training flags; --no-progress swaps the bars for one log line per finished pass."""
-    from .options import RunOptions
+    from lottery.options import RunOptions
 
     if args.max_replicas is not None and args.max_replicas < 1:
         raise UserError(f"--max-replicas must be at least 1, got {args.max_replicas}")
@@ -194,14 +195,14 @@ def _numbers(text: str | None, kind: type, flag: str) -> list | None:
 
 
 def _device(name: str) -> str:
-    from .devices import check_device
+    from lottery.devices import check_device
 
     return check_device(name)
 
 
 def build_config(args: argparse.Namespace) -> RunConfig:
     """The preset, then the named flags, then --set overrides; validated."""
-    from .presets import DEFAULT_PRESET, get_preset
+    from lottery.presets import DEFAULT_PRESET, get_preset
 
     config = get_preset(args.preset or DEFAULT_PRESET)
     if args.iterations is not None:
@@ -222,14 +223,14 @@ def build_config(args: argparse.Namespace) -> RunConfig:
 
 
 def _find(args: argparse.Namespace) -> None:
-    from .imp import find_tickets
+    from lottery.procedure.find import find_tickets
 
     config = build_config(args)
     options = _run_options(args)
     run_dir = args.out / config.run_name()
     print(f"run: {run_dir}", flush=True)
     find_tickets(config, run_dir, data_dir=args.data_dir, options=options)
-    from .ranks import Ranks, leave_group
+    from lottery.ranks import Ranks, leave_group
 
     leader = Ranks.current().leader
     leave_group()  # the group's work is done: what follows reads the run, on rank 0 alone
@@ -240,13 +241,13 @@ def _find(args: argparse.Namespace) -> None:
         if note:
             print(note)
     if args.report:
-        from .report import write_report
+        from lottery.reports.report import write_report
 
         print(f"report: {write_report(run_dir)}")
 
 
 def summary_table(run_dir: Path) -> str:
-    from .results import read_results
+    from lottery.storage.results import read_results
 
     by_level: dict[tuple[str, int], list[dict]] = defaultdict(list)
     for row in read_results(run_dir):
@@ -264,7 +265,7 @@ def summary_table(run_dir: Path) -> str:
 def late_stop_note(run_dir: Path, iterations: int, share: float = 0.1) -> str | None:
     """A warning when networks reached their validation minimum in the last `share` of training: their
     early-stop metrics are capped by the budget (dropout, for one, learns slowly), not by overfitting."""
-    from .results import read_results
+    from lottery.storage.results import read_results
 
     rows = read_results(run_dir)
     late = [r for r in rows if r["early_stop_iteration"] >= (1 - share) * iterations]
@@ -278,7 +279,7 @@ def diverged_note(run_dir: Path) -> str | None:
     """A warning when training diverged (a non-finite validation loss): such rows are not results."""
     import math as _math
 
-    from .results import read_results
+    from lottery.storage.results import read_results
 
     rows = read_results(run_dir)
     bad = [r for r in rows if not _math.isfinite(r["early_stop_val_loss"])]
@@ -289,16 +290,16 @@ def diverged_note(run_dir: Path) -> str | None:
 
 
 def _report(args: argparse.Namespace) -> None:
-    from .report import write_report
+    from lottery.reports.report import write_report
 
     print(f"report: {write_report(args.run_dir)}")
 
 
 def _claims(args: argparse.Namespace) -> None:
-    from .claims import check_claims, claims_markdown, protocol_caveats
-    from .results import read_results
-    from .runinfo import read_config
-    from .store import RunStore, hold_run
+    from lottery.reports.claims import check_claims, claims_markdown, protocol_caveats
+    from lottery.storage.results import read_results
+    from lottery.storage.runinfo import read_config
+    from lottery.storage.files import RunStore, hold_run
 
     store = RunStore(args.run_dir)
     if not store.results_path.exists():
@@ -313,13 +314,13 @@ def _claims(args: argparse.Namespace) -> None:
 def _compare(args: argparse.Namespace) -> None:
     import hashlib
 
-    from .compare import compare_runs
+    from lottery.reports.compare import compare_runs
 
     for run in args.run_dirs:
         if not (run / "results.csv").exists():
             raise UserError(f"{run} has no results.csv: not a finished `lottery find` run directory")
     labels = [s.strip() for s in args.labels.split(",")] if args.labels else None
-    from .arms import ARMS
+    from lottery.pruning.arms import ARMS
 
     arms = tuple(a.strip() for a in args.arms.split(",") if a.strip())
     if not arms or any(a not in ARMS for a in arms):
@@ -330,7 +331,7 @@ def _compare(args: argparse.Namespace) -> None:
 
 
 def _attack(args: argparse.Namespace) -> None:
-    from .attack import attack_run
+    from lottery.experiments.attack import attack_run
 
     methods = [m.strip() for m in args.method.split(",") if m.strip()]
     out = attack_run(args.run_dir, methods, _numbers(args.eps, float, "--eps"), levels=_numbers(args.levels, int, "--levels"),
@@ -339,7 +340,7 @@ def _attack(args: argparse.Namespace) -> None:
 
 
 def _noise(args: argparse.Namespace) -> None:
-    from .noise import noise_run
+    from lottery.experiments.noise import noise_run
 
     out = noise_run(args.run_dir, _numbers(args.sigmas, float, "--sigmas"), levels=_numbers(args.levels, int, "--levels"),
                     draws=args.draws, data_dir=args.data_dir, options=_run_options(args))
@@ -347,12 +348,12 @@ def _noise(args: argparse.Namespace) -> None:
 
 
 def _transfer(args: argparse.Namespace) -> None:
-    from .config import DataConfig
-    from .transfer import transfer_run
+    from lottery.config import DataConfig
+    from lottery.experiments.transfer import transfer_run
 
     target = None
     if args.to is not None:
-        from .finished import open_run
+        from lottery.storage.finished import open_run
 
         # On the same dataset the target keeps the source's validation split; another dataset takes its own
         # default validation size (5,000 MNIST examples would not fit in MNIST-1D's 4,000).
@@ -375,7 +376,7 @@ def _transfer(args: argparse.Namespace) -> None:
 
 
 def _stability(args: argparse.Namespace) -> None:
-    from .stability import stability_run
+    from lottery.experiments.stability import stability_run
 
     options = _run_options(args)
     out = stability_run(args.run_dir, levels=_numbers(args.levels, int, "--levels"),
@@ -388,7 +389,7 @@ def _stability(args: argparse.Namespace) -> None:
 
 
 def _export(args: argparse.Namespace) -> None:
-    from .export import save_ticket, ticket_of
+    from lottery.deploy.export import save_ticket, ticket_of
 
     level = args.level if args.level == "best" else _numbers(args.level, int, "--level")[0]
     ticket = ticket_of(args.run_dir, level=level, trial=args.trial, arm=args.arm, tolerance=args.tolerance)
@@ -401,7 +402,7 @@ def _export(args: argparse.Namespace) -> None:
         save_ticket(ticket, args.out)
         print(f"export: {args.out}")
         return
-    from .deploy import masked_and_compact, model_for, to_onnx
+    from lottery.deploy.bench import masked_and_compact, model_for, to_onnx
 
     model_fn, data = model_for(ticket, args.data_dir)
     x = data.features(data.x_test[:256]).cpu()
@@ -413,20 +414,20 @@ def _export(args: argparse.Namespace) -> None:
 
 
 def _bench_inference(args: argparse.Namespace) -> None:
-    from .deploy import bench_ticket
+    from lottery.deploy.bench import bench_ticket
 
     if args.threads < 1:
         raise UserError(f"--threads must be at least 1, got {args.threads}")
     text = bench_ticket(args.ticket, threads=args.threads, data_dir=args.data_dir)
     print(text)
     if args.out:
-        from .store import atomic_write_text
+        from lottery.storage.files import atomic_write_text
 
         atomic_write_text(args.out, text + "\n")
 
 
 def _presets(args: argparse.Namespace) -> None:
-    from .presets import PRESETS
+    from lottery.presets import PRESETS
 
     width = max(len(n) for n in PRESETS)
     for name, preset in PRESETS.items():
@@ -440,7 +441,7 @@ SPLIT_COMMANDS = ("find", "attack", "noise", "transfer", "stability")
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .ranks import GroupStopped, Ranks, join_torchrun_group, leave_group, under_torchrun
+    from lottery.ranks import GroupStopped, Ranks, join_torchrun_group, leave_group, under_torchrun
 
     try:
         args = _parser().parse_args(argv)

@@ -5,7 +5,7 @@ import re
 
 import torch
 
-from .errors import UserError
+from lottery.errors import UserError
 
 _DEVICE = re.compile(r"cpu|cuda(:\d+)?")
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .devices import check_device
-from .errors import UserError
+from lottery.devices import check_device
+from lottery.errors import UserError
 
 
 @dataclass

@@ -4,8 +4,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .config import DataConfig, ModelConfig, PruneConfig, RunConfig, TrainConfig
-from .errors import UserError
+from lottery.config import DataConfig, ModelConfig, PruneConfig, RunConfig, TrainConfig
+from lottery.errors import UserError
 
 
 @dataclass(frozen=True)

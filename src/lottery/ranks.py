@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
-from .errors import UserError
+from lottery.errors import UserError
 
 T = TypeVar("T")
 

@@ -5,7 +5,7 @@ training starts, log each validation, keep the early-stop point (the minimum val
 iteration and, with `keep_best`, a copy of its weights to test), and finish the network. The extras
 `lottery[lightning]` and `lottery[huggingface]` install the libraries; importing this package needs neither.
 """
-from .early_stop import EarlyStopTracker
+from lottery.adapters.early_stop import EarlyStopTracker
 
 __all__ = ["EarlyStopTracker", "LotteryCallback", "LotteryTrainerCallback"]
 
@@ -13,11 +13,11 @@ __all__ = ["EarlyStopTracker", "LotteryCallback", "LotteryTrainerCallback"]
 def __getattr__(name: str):  # type: ignore[no-untyped-def]
     """The adapters import their library on first use."""
     if name == "LotteryCallback":
-        from .lightning import LotteryCallback
+        from lottery.adapters.lightning import LotteryCallback
 
         return LotteryCallback
     if name == "LotteryTrainerCallback":
-        from .huggingface import LotteryTrainerCallback
+        from lottery.adapters.huggingface import LotteryTrainerCallback
 
         return LotteryTrainerCallback
     raise AttributeError(f"module 'lottery.adapters' has no attribute {name!r}")

@@ -5,7 +5,7 @@ import math
 
 import torch
 
-from ..user_loop import Network
+from lottery.procedure.user_loop import Network
 
 
 class EarlyStopTracker:

@@ -17,8 +17,8 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from ..user_loop import Network
-from .early_stop import EarlyStopTracker
+from lottery.procedure.user_loop import Network
+from lottery.adapters.early_stop import EarlyStopTracker
 
 
 class LotteryTrainerCallback(TrainerCallback):

@@ -17,9 +17,9 @@ from typing import Any
 
 import lightning.pytorch as pl
 
-from ..errors import UserError
-from ..user_loop import Network
-from .early_stop import EarlyStopTracker
+from lottery.errors import UserError
+from lottery.procedure.user_loop import Network
+from lottery.adapters.early_stop import EarlyStopTracker
 
 
 class LotteryCallback(pl.Callback):

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import torch
 
-from ..errors import UserError
-from .cifar10 import load_cifar10
-from .fsdd import load_fsdd
-from .idx import load_fashion_mnist, load_mnist
-from .mnist1d import load_mnist1d
-from .raw import RawSplits
-from .shifts import apply_shifts
+from lottery.errors import UserError
+from lottery.data.cifar10 import load_cifar10
+from lottery.data.fsdd import load_fsdd
+from lottery.data.idx import load_fashion_mnist, load_mnist
+from lottery.data.mnist1d import load_mnist1d
+from lottery.data.raw import RawSplits
+from lottery.data.shifts import apply_shifts
 
 
 @dataclass

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from ..order import derive_seed
+from lottery.order import derive_seed
 
 AUGMENTATIONS = ("none", "flip-crop")
 PAD = 4

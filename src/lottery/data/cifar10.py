@@ -25,9 +25,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import UserError
-from .download import TIMEOUT_SECONDS, data_folder, md5_of, mirrors_from_env
-from .raw import RawSplits
+from lottery.errors import UserError
+from lottery.data.download import TIMEOUT_SECONDS, data_folder, md5_of, mirrors_from_env
+from lottery.data.raw import RawSplits
 
 FOLDER = "cifar-10-batches-bin"
 TARBALL = "cifar-10-binary.tar.gz"

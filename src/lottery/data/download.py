@@ -10,7 +10,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..errors import UserError
+from lottery.errors import UserError
 
 TIMEOUT_SECONDS = 30
 

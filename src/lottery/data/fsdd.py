@@ -30,9 +30,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import UserError
-from .download import md5_of
-from .raw import RawSplits
+from lottery.errors import UserError
+from lottery.data.download import md5_of
+from lottery.data.raw import RawSplits
 
 SPEAKERS = ("george", "jackson", "lucas", "nicolas", "theo", "yweweler")
 RATE = 8000

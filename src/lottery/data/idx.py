@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import UserError
-from .download import ensure_file, mirrors_from_env
-from .raw import RawSplits
+from lottery.errors import UserError
+from lottery.data.download import ensure_file, mirrors_from_env
+from lottery.data.raw import RawSplits
 
 FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .raw import RawSplits
+from lottery.data.raw import RawSplits
 
 # The paper holds out 5,000 of MNIST's 60,000 training examples; MNIST-1D gets the same share.
 MNIST_VAL_SHARE = 5000 / 60000

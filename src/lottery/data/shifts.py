@@ -12,8 +12,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..errors import UserError
-from .raw import RawSplits
+from lottery.errors import UserError
+from lottery.data.raw import RawSplits
 
 
 def permutation(size: int, fraction: float, seed: int) -> torch.Tensor:

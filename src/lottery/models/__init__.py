@@ -6,13 +6,13 @@ from collections.abc import Callable
 
 from torch import nn
 
-from ..config import ModelConfig
-from .conv import PLANS, ConvNet
-from .kws import KeywordCNN
-from .mlp import MLP
-from .prunable import PRUNABLE_TYPES, describe_prunable, prunable_roles
-from .resnet import ResNet
-from .vgg import VGG, VGG_PLANS
+from lottery.config import ModelConfig
+from lottery.models.conv import PLANS, ConvNet
+from lottery.models.kws import KeywordCNN
+from lottery.models.mlp import MLP
+from lottery.models.prunable import PRUNABLE_TYPES, describe_prunable, prunable_roles
+from lottery.models.resnet import ResNet
+from lottery.models.vgg import VGG, VGG_PLANS
 
 ModelBuilder = Callable[[ModelConfig, tuple[int, ...], int], nn.Module]
 
@@ -27,7 +27,7 @@ def _mlp(config: ModelConfig, input_shape: tuple[int, ...], num_classes: int) ->
 
 def _needs_images(name: str, input_shape: tuple[int, ...]) -> None:
     if len(input_shape) != 3:
-        from ..errors import UserError
+        from lottery.errors import UserError
 
         raise UserError(f"{name} needs images [C, H, W]; the data's inputs are {input_shape}")
 

@@ -45,7 +45,7 @@ class ConvNet(nn.Module):
             gaussian_glorot_conv_(module)
 
     def sequential(self) -> nn.Sequential:
-        """The same network as a chain of standard modules sharing these parameters (for lottery.compact)."""
+        """The same network as a chain of standard modules sharing these parameters (for lottery.deploy.compact)."""
         chain: list[nn.Module] = []
         for i, conv in enumerate(self.convs):
             chain += [conv, nn.ReLU()] + ([nn.MaxPool2d(2)] if i % 2 == 1 else [])

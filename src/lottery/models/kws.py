@@ -26,7 +26,7 @@ class KeywordCNN(nn.Module):
             nn.init.kaiming_normal_(module.weight)
 
     def sequential(self) -> nn.Sequential:
-        """The same network as a chain of standard modules sharing these parameters (for lottery.compact)."""
+        """The same network as a chain of standard modules sharing these parameters (for lottery.deploy.compact)."""
         chain: list[nn.Module] = []
         for i, (conv, norm) in enumerate(zip(self.convs, self.norms)):
             chain += [conv, norm, nn.ReLU()] + ([nn.MaxPool2d(2)] if i < len(self.convs) - 1 else [])

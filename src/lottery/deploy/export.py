@@ -1,0 +1,198 @@
+"""A ticket you can take away: one safetensors file out of a run, loaded into your own module.
+
+The file holds, for one (trial, level, arm) network of a finished run:
+  mask/NAME     the mask of each prunable tensor (bool)
+  start/NAME    the state it was trained from (θ0, or θk when the run rewinds), parameters and buffers
+  trained/NAME  its trained state θT (pruned weights exactly zero), parameters and buffers
+and, as JSON strings in the metadata: what model and data it was made with, its percent remaining
+(total and per layer, the denominator stated), its accuracy at early stop, the run's hash and the
+command that exported it. Nothing is pickled; a file that is not a ticket is refused in one line.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import shlex
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+from torch.nn.utils import prune as torch_prune
+
+from lottery.pruning.arms import ARMS
+from lottery.errors import BrokenFile, UserError
+from lottery.storage.finished import FinishedRun, open_run
+from lottery.pruning.masks import count
+from lottery.storage.files import hold_run, load_metadata, load_tensors, save_tensors
+
+FORMAT = "lottery-ticket/1"
+PARTS = ("mask", "start", "trained")
+Weights = Literal["start", "trained"]
+
+
+@dataclass
+class Ticket:
+    """A ticket read from its file: tensors by name, and what the file says of itself."""
+
+    mask: dict[str, torch.Tensor]
+    start: dict[str, torch.Tensor]
+    trained: dict[str, torch.Tensor]
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def state(self, weights: Weights = "trained") -> dict[str, torch.Tensor]:
+        """Parameters and buffers to load: the trained state, or the start state with the mask applied."""
+        if weights not in ("start", "trained"):
+            raise UserError(f"weights must be start or trained, got {weights!r}")
+        state = dict(self.trained if weights == "trained" else self.start)
+        return {n: t * self.mask[n] if n in self.mask else t for n, t in state.items()}
+
+
+def choose_level(run: FinishedRun, arm: str, tolerance: float) -> int:
+    """The sparsest level whose `arm` networks' mean test accuracy at early stop is within `tolerance`
+    points (percent) of the dense network's mean; level 0 when no pruned level is."""
+    def mean_accuracy(rows: list[dict]) -> float:
+        return 100.0 * sum(r["early_stop_test_accuracy"] for r in rows) / len(rows)
+
+    dense = mean_accuracy(run.rows_of("imp", 0))
+    matching = [lv for lv in run.levels if lv > 0 and run.rows_of(arm, lv)
+                and mean_accuracy(run.rows_of(arm, lv)) >= dense - tolerance]
+    return min(matching, key=run.percent) if matching else 0
+
+
+def export_ticket(run_dir: Path | str, out: Path | str, *, level: int | Literal["best"] = "best", trial: int = 0,
+                  arm: str = "imp", tolerance: float = 0.0, command: str | None = None) -> Path:
+    """Write one network of a finished run to `out` (see the module doc); returns `out`.
+    `level="best"`: the sparsest level within `tolerance` points of the dense network (choose_level)."""
+    save_ticket(ticket_of(run_dir, level=level, trial=trial, arm=arm, tolerance=tolerance, command=command), out)
+    return Path(out)
+
+
+def save_ticket(ticket: Ticket, out: Path | str) -> None:
+    tensors = {f"{part}/{n}": t for part, state in zip(PARTS, (ticket.mask, ticket.start, ticket.trained))
+               for n, t in state.items()}
+    save_tensors(Path(out), tensors, {"lottery": json.dumps(ticket.info, sort_keys=True, default=list)})
+
+
+def ticket_of(run_dir: Path | str, *, level: int | Literal["best"] = "best", trial: int = 0, arm: str = "imp",
+              tolerance: float = 0.0, command: str | None = None) -> Ticket:
+    """One network of a finished run, as export_ticket writes it."""
+    with hold_run(run_dir, exclusive=False):
+        run = open_run(run_dir)
+        if not tolerance >= 0:
+            raise UserError(f"tolerance must be 0 or more points, got {tolerance}")
+        if arm not in run.arms:
+            raise UserError(f"arm {arm!r} is not in {run.store.root} (it has {', '.join(run.arms)})")
+        if trial not in run.trials:
+            raise UserError(f"trial {trial} is not in {run.store.root} (it has {run.trials})")
+        chosen = choose_level(run, arm, tolerance) if level == "best" else level
+        if not isinstance(chosen, int) or chosen not in run.levels:
+            raise UserError(f"level {level} is not in {run.store.root} (it has {run.levels[0]}..{run.levels[-1]})")
+        arm = "imp" if chosen == 0 else arm  # the controls of the dense network are the dense network
+        if not run.has(trial, chosen, arm):
+            raise UserError(f"{run.store.arm_dir(trial, chosen, arm)} has no finished network")
+        mask = run.mask(trial, chosen, arm)
+        start = run.start(trial) if not ARMS[arm].redrawn or chosen == 0 else \
+            load_tensors(run.store.arm_start_path(trial, chosen, arm))
+        trained = run.final(trial, chosen, arm)
+        row = next(r for r in run.rows_of(arm, chosen) if r["trial"] == trial)
+        kept, total = count(mask)
+        info = {
+            "format": FORMAT,
+            "model": dataclasses.asdict(run.config.model) | {"class": _recorded_class(run)},
+            "data": dataclasses.asdict(run.config.data),
+            "source": {"run": str(run.store.root.resolve()), "run_hash": run.config.run_hash(),
+                       "preset": run.config.preset, "trial": trial, "level": chosen, "arm": arm,
+                       "rewind_iteration": run.config.prune.rewind_iteration},
+            "percent_remaining": 100.0 * kept / total,
+            "weights_remaining": kept, "prunable_weights": total,
+            "layers": {n: {"kept": int(m.sum()), "total": m.numel(), "percent": 100.0 * float(m.float().mean())}
+                       for n, m in mask.items()},
+            "early_stop_test_accuracy": row["early_stop_test_accuracy"],
+            "early_stop_iteration": row["early_stop_iteration"],
+            "command": command or " ".join(shlex.quote(a) for a in ["lottery", *sys.argv[1:]]),
+        }
+    return Ticket(mask, start, trained, json.loads(json.dumps(info, default=list)))
+
+
+def _recorded_class(run: FinishedRun) -> str | None:
+    from lottery.storage.runinfo import recorded_model
+
+    recorded = recorded_model(run.store)
+    return recorded.get("class") if recorded else None
+
+
+def read_ticket(path: Path | str) -> Ticket:
+    """A ticket file, checked: a safetensors file (nothing pickled) that says it is a ticket, with a mask,
+    start and trained tensor for every masked name."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path} does not exist: give a ticket file written by `lottery export`")
+    try:
+        meta = load_metadata(path)
+        tensors = load_tensors(path)
+    except BrokenFile as exc:  # the store's advice is for a run's own files; this one is the user's
+        raise UserError(f"{path} is not a readable lottery ticket file ({exc.reason}); give one written by "
+                        f"`lottery export RUN_DIR --out FILE`") from None
+    try:
+        info = json.loads(meta["lottery"])
+        if info.get("format") != FORMAT:
+            raise ValueError(f"format {info.get('format')!r}")
+    except (KeyError, ValueError, TypeError, AttributeError):
+        raise UserError(f"{path} is not a lottery ticket file (no '{FORMAT}' metadata); export one with "
+                        f"`lottery export RUN_DIR --out FILE`") from None
+    parts: dict[str, dict[str, torch.Tensor]] = {p: {} for p in PARTS}
+    for key, tensor in tensors.items():
+        part, _, name = key.partition("/")
+        if part not in parts or not name:
+            raise UserError(f"{path} holds an unexpected tensor {key!r}: not a lottery ticket file")
+        parts[part][name] = tensor
+    missing = [n for n in parts["mask"] if n not in parts["start"] or n not in parts["trained"]]
+    if not parts["mask"] or missing or set(parts["start"]) != set(parts["trained"]):
+        raise UserError(f"{path} is incomplete ({'no masks' if not parts['mask'] else 'start and trained states differ'}"
+                        f"{': ' + missing[0] if missing else ''}): export it again")
+    mask = {n: m.bool() for n, m in parts["mask"].items()}
+    return Ticket(mask, parts["start"], parts["trained"], info)
+
+
+def _as_ticket(ticket: Ticket | Path | str) -> Ticket:
+    return ticket if isinstance(ticket, Ticket) else read_ticket(ticket)
+
+
+def check_fits(ticket: Ticket, model: nn.Module) -> None:
+    """One clear error when the model's parameters and buffers are not the ticket's (names and shapes)."""
+    ours = {n: tuple(t.shape) for n, t in [*model.named_parameters(), *model.named_buffers()]}
+    theirs = {n: tuple(t.shape) for n, t in ticket.start.items()}
+    if ours == theirs:
+        return
+    differ = sorted(set(ours) ^ set(theirs)) or sorted(n for n in ours if ours[n] != theirs[n])
+    name = differ[0]
+    raise UserError(f"the ticket does not fit this model: {name} is {list(theirs[name]) if name in theirs else 'absent'} "
+                    f"in the ticket and {list(ours[name]) if name in ours else 'absent'} in the model"
+                    f"{f' (and {len(differ) - 1} more)' if len(differ) > 1 else ''}")
+
+
+def load_ticket(ticket: Ticket | Path | str, model: nn.Module, weights: Weights = "trained") -> Ticket:
+    """Copy the ticket's state (`trained`, or `start` with the mask applied) into `model`, in place; the
+    names and shapes must match (one clear error otherwise). Returns the ticket (its masks: `.mask`)."""
+    ticket = _as_ticket(ticket)
+    check_fits(ticket, model)
+    state = ticket.state(weights)
+    with torch.no_grad():
+        for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+            tensor.copy_(state[name].to(tensor.device, tensor.dtype))
+    return ticket
+
+
+def to_torch_prune(model: nn.Module, ticket: Ticket | Path | str) -> nn.Module:
+    """The ticket's masks in torch.nn.utils.prune's form: each masked tensor becomes `NAME_orig` and
+    `NAME_mask` with a forward pre-hook (prune.custom_from_mask). Load the weights first (load_ticket)."""
+    ticket = _as_ticket(ticket)
+    check_fits(ticket, model)
+    for name, mask in ticket.mask.items():
+        module_name, _, attribute = name.rpartition(".")
+        module = model.get_submodule(module_name)
+        torch_prune.custom_from_mask(module, attribute, mask.to(getattr(module, attribute).device))
+    return model

@@ -1,0 +1,183 @@
+"""Does sparsity pay at inference? A ticket's network timed in each form it can take, outputs checked.
+
+Forms: `dense` (the masked network as it is: zeros multiplied like any weight), `compact` (lottery.deploy.compact:
+disconnected units removed, still dense), `csr` and `bsr` (each Linear / Conv2d weight as a torch.sparse
+CSR or BSR matrix; convolutions as unfold + sparse matmul). Latency at batch 1 and throughput at batch
+256, whole network and per layer, with torch.utils.benchmark (warm-up, fixed threads, median); the bytes
+each form keeps for its weights; and, per layer shape, the density below which CSR / BSR beat dense.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import warnings
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils import benchmark
+
+from lottery.deploy.compact import WEIGHTED
+
+DENSITIES = (0.5, 0.3, 0.2, 0.1, 0.05, 0.02, 0.01)
+SPARSE_LAYOUTS = ("csr", "bsr")
+
+
+def block_size(rows: int, columns: int, largest: int = 4) -> tuple[int, int]:
+    """The BSR block: square (MKL's CPU kernels take no other), the largest side up to `largest` that
+    divides both dimensions (1 when none does: then BSR is CSR with more bookkeeping)."""
+    side = math.gcd(math.gcd(rows, columns), largest)
+    return side, side
+
+
+def sparse_matrix(weight: torch.Tensor, layout: str) -> torch.Tensor:
+    warnings.filterwarnings("ignore", message="Sparse (CSR|BSR) tensor support is in beta")
+    matrix = weight.detach().reshape(weight.shape[0], -1)
+    if layout == "csr":
+        sparse, build = matrix.to_sparse_csr(), torch.sparse_csr_tensor
+    elif layout == "bsr":
+        sparse, build = matrix.to_sparse_bsr(block_size(*matrix.shape)), torch.sparse_bsr_tensor
+    else:
+        raise ValueError(f"unknown sparse layout {layout!r}; known: {', '.join(SPARSE_LAYOUTS)}")
+    if max(matrix.shape[0] + 1, sparse.values().shape[0]) >= 2**31:
+        return sparse
+    # 32-bit indices when they fit: half the index bytes, and measured ~20% faster at batch 1 on this CPU
+    # (the same at batch 256); torch makes them 64-bit.
+    return build(sparse.crow_indices().int(), sparse.col_indices().int(), sparse.values(), sparse.shape,
+                 check_invariants=True)  # once, here: the indices come from torch's own conversion
+
+
+class SparseLinear(nn.Module):
+    def __init__(self, layer: nn.Linear, layout: str) -> None:
+        super().__init__()
+        self.weight = sparse_matrix(layer.weight, layout)
+        self.bias = None if layer.bias is None else layer.bias.detach().clone()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = (self.weight @ x.t()).t()
+        return y if self.bias is None else y + self.bias
+
+
+class SparseConv2d(nn.Module):
+    """A convolution as unfold + one sparse matrix product over every position of the batch."""
+
+    def __init__(self, layer: nn.Conv2d, layout: str) -> None:
+        super().__init__()
+        if layer.groups != 1 or layer.dilation != (1, 1) or isinstance(layer.padding, str):
+            raise ValueError("sparse convolution supports groups=1, dilation 1 and numeric padding")
+        self.weight = sparse_matrix(layer.weight, layout)
+        self.bias = None if layer.bias is None else layer.bias.detach().clone()
+        self.kernel, self.padding, self.stride = layer.kernel_size, layer.padding, layer.stride
+        self.out_channels = layer.out_channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, _, height, width = x.shape
+        columns = F.unfold(x, self.kernel, padding=self.padding, stride=self.stride)  # [B, C*k*k, L]
+        out_h = (height + 2 * self.padding[0] - self.kernel[0]) // self.stride[0] + 1
+        out_w = (width + 2 * self.padding[1] - self.kernel[1]) // self.stride[1] + 1
+        y = self.weight @ columns.transpose(0, 1).reshape(columns.shape[1], -1)  # [Cout, B*L]
+        y = y.reshape(self.out_channels, batch, out_h, out_w).transpose(0, 1)
+        return y if self.bias is None else y + self.bias.view(1, -1, 1, 1)
+
+
+def sparse_form(chain: nn.Sequential, layout: str) -> nn.Sequential:
+    """The chain with every Linear / Conv2d weight held as a sparse matrix (`layout`: csr or bsr)."""
+    return nn.Sequential(*[SparseLinear(m, layout) if isinstance(m, nn.Linear) else
+                           SparseConv2d(m, layout) if isinstance(m, nn.Conv2d) else m for m in chain]).eval()
+
+
+def weight_bytes(module: nn.Module) -> int:
+    """Bytes the form keeps for its weights and biases (a sparse matrix: values, indices and offsets)."""
+    total = 0
+    for m in module.modules():
+        if any(True for _ in m.children()):
+            continue
+        for tensor in (getattr(m, "weight", None), getattr(m, "bias", None)):
+            if not isinstance(tensor, torch.Tensor):
+                continue
+            sparse = tensor.layout in (torch.sparse_csr, torch.sparse_bsr)
+            parts = [tensor.values(), tensor.col_indices(), tensor.crow_indices()] if sparse else [tensor]
+            total += sum(p.numel() * p.element_size() for p in parts)
+    return total
+
+
+def seconds(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, threads: int, min_run_time: float = 0.2) -> float:
+    """The median seconds of one call, warm, at a fixed thread count (torch.utils.benchmark)."""
+    with torch.no_grad():
+        fn(x)  # warm-up
+        timer = benchmark.Timer(stmt="fn(x)", globals={"fn": fn, "x": x}, num_threads=threads)
+        return timer.blocked_autorange(min_run_time=min_run_time).median
+
+
+def layer_inputs(chain: nn.Sequential, x: torch.Tensor) -> dict[int, torch.Tensor]:
+    """The input each Linear / Conv2d layer of the chain receives for `x`."""
+    inputs = {}
+    with torch.no_grad():
+        for i, module in enumerate(chain):
+            if isinstance(module, WEIGHTED):
+                inputs[i] = x
+            x = module(x)
+    return inputs
+
+
+def compare_forms(masked: nn.Sequential, compact: nn.Sequential, x1: torch.Tensor, x256: torch.Tensor,
+                  threads: int = 1) -> list[dict]:
+    """Whole-network rows per form: latency at batch 1 (ms), throughput at batch 256 (examples/s), weight
+    bytes, and the largest output difference from the dense form on the batch of 256."""
+    forms = {"dense": masked, "compact": compact, **{layout: sparse_form(masked, layout) for layout in SPARSE_LAYOUTS}}
+    with torch.no_grad():
+        reference = masked(x256)
+        rows = []
+        for name, form in forms.items():
+            rows.append({"form": name, "latency_ms": 1e3 * seconds(form, x1, threads),
+                         "throughput": len(x256) / seconds(form, x256, threads),
+                         "weight_bytes": weight_bytes(form),
+                         "max_difference": float((form(x256) - reference).abs().max())})
+    return rows
+
+
+def compare_layers(masked: nn.Sequential, x1: torch.Tensor, x256: torch.Tensor, threads: int = 1,
+                   with_break_even: bool = False) -> list[dict]:
+    """Per Linear / Conv2d layer: dense vs CSR vs BSR at batch 1 and 256 (ms per call), with its density;
+    `with_break_even`: also `break_even_b1` and `break_even_b256` (see break_even)."""
+    rows = []
+    inputs1, inputs256 = layer_inputs(masked, x1), layer_inputs(masked, x256)
+    for i, layer in enumerate(masked):
+        if not isinstance(layer, WEIGHTED):
+            continue
+        row = {"layer": i, "kind": type(layer).__name__, "shape": list(layer.weight.shape),
+               "density": float(layer.weight.ne(0).float().mean())}
+        for layout in ("dense", *SPARSE_LAYOUTS):
+            form = layer if layout == "dense" else sparse_form(nn.Sequential(layer), layout)
+            row[f"{layout}_ms_b1"] = 1e3 * seconds(form, inputs1[i], threads, 0.1)
+            row[f"{layout}_ms_b256"] = 1e3 * seconds(form, inputs256[i], threads, 0.1)
+        if with_break_even:
+            row["break_even_b1"] = break_even(layer, inputs1[i], threads)
+            row["break_even_b256"] = break_even(layer, inputs256[i], threads)
+        rows.append(row)
+    return rows
+
+
+def break_even(layer: nn.Module, x: torch.Tensor, threads: int = 1, densities: tuple[float, ...] = DENSITIES,
+               seed: int = 0) -> dict[str, float | None]:
+    """Per sparse layout, the break-even density: the largest of `densities` up to which (from the
+    sparsest up) a layer of this shape with random weights of that density runs faster than dense on `x`.
+    None: slower already at the sparsest."""
+    generator = torch.Generator().manual_seed(seed)
+    dense_time = seconds(layer, x, threads, 0.1)
+    found: dict[str, float | None] = {layout: None for layout in SPARSE_LAYOUTS}
+    still = set(SPARSE_LAYOUTS)
+    for density in sorted(densities):
+        probe = copy.deepcopy(layer)  # the layer's shape, with weights of exactly this random density
+        with torch.no_grad():
+            keep = torch.rand(layer.weight.shape, generator=generator) < density
+            probe.weight.copy_(torch.randn(layer.weight.shape, generator=generator) * keep)
+        for layout in sorted(still):
+            if seconds(sparse_form(nn.Sequential(probe), layout), x, threads, 0.1) < dense_time:
+                found[layout] = density
+            else:
+                still.discard(layout)
+        if not still:
+            break
+    return found

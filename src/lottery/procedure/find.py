@@ -1,0 +1,201 @@
+"""`find_tickets`: IMP (or one-shot pruning) with the built-in stacked trainer behind the procedure's seam.
+
+The procedure (lottery.procedure.levels) says which networks each round trains; here every round's (arm, trial)
+networks train together, in passes of up to `max_replicas`. Each pass checkpoints itself, so re-running
+the same command resumes where it stopped; a replica's result does not depend on which pass trains it, so
+the resumed run gives the uninterrupted run's results bit for bit.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from lottery.config import RunConfig, TrainConfig
+from lottery.validation import validate
+from lottery.data import Dataset, load_data
+from lottery.errors import UserError
+from lottery.training.forwards import check_model_output
+from lottery.models import build_model, parameter_names
+from lottery.models.prunable import Include, describe_prunable, prunable_roles
+from lottery.options import RunOptions
+from lottery.order import derive_seed
+from lottery.training.passes import finish_pass, resume, train_with_checkpoints
+from lottery.procedure.levels import NetworkId, Procedure
+from lottery.training.progress import Progress, pass_summary
+from lottery.ranks import Ranks
+from lottery.pruning.prune import KINDS, unmatched_patterns
+from lottery.storage.runinfo import claim
+from lottery.training.sizing import eval_batch_for, replicas_per_pass
+from lottery.storage.files import RunStore, hold_run
+from lottery.procedure.tickets import ModelFn, initial_weights
+from lottery.training.trainer import CURVES, ReplicaResult, ReplicaSpec, StackedTrainer
+
+EVAL_BATCH = 10_000
+
+__all__ = ["EVAL_BATCH", "Job", "RunOptions", "find_tickets", "initial_weights"]
+
+
+Job = NetworkId  # the name this had before the procedure moved out
+
+
+def find_tickets(config: RunConfig, run_dir: Path | str, *, model_fn: ModelFn | None = None,
+                 data: Dataset | None = None, data_dir: Path | str | None = None,
+                 roles: dict[str, str] | None = None, prunable: Include = None,
+                 options: RunOptions | None = None) -> Path:
+    """Run IMP (or one-shot pruning) as `config` says, in `run_dir`; resume whatever is already there.
+
+    `model_fn` builds a fresh torch.nn.Module (default: the registry's `config.model`); `data` gives
+    in-memory tensors (default: `config.data` loaded from `data_dir`); `roles` maps prunable parameter
+    names to "conv", "hidden" or "output" (default: Conv weights "conv", Linear weights "hidden", the last
+    one "output"); or `prunable` chooses them (fnmatch patterns over parameter names, or a predicate
+    (name, parameter) -> bool; default: lottery.models.prunable); each kind prunes at its own rate.
+    Everything is checked before anything is written; the run directory is locked while this runs.
+    """
+    options = options or RunOptions()
+    validate(config)
+    options.validate()
+    if data is None:
+        data = load_data(config.data, data_dir)
+    if config.train.batch_size > len(data.x_train):
+        raise UserError(f"batch size {config.train.batch_size} exceeds the {len(data.x_train)} training examples")
+    if config.data.augment != "none" and data.x_train.dim() != 4:
+        raise UserError(f"data.augment={config.data.augment} needs images [N, C, H, W]; {data.name} inputs are "
+                        f"{tuple(data.x_train.shape[1:])}")
+    data = data.to(options.device)
+    if model_fn is None:
+        spec = config.model
+        model_fn = lambda: build_model(spec, data.input_shape, data.num_classes)  # noqa: E731
+    model = model_fn().to(options.device)
+    check_model_output(model, data.features(data.x_train[:2]), data.num_classes)
+    if config.train.batching == "vmap" and config.train.precision == "bf16" and any(True for _ in model.buffers()):
+        raise UserError("train.batching=vmap with precision bf16 fails for models with buffers (vmap's batch norm "
+                        "under autocast, measured); use precision float32 or batching auto")
+    roles = _canonical_roles(model, roles, prunable, data.features(data.x_train[:2]))
+    unmatched = unmatched_patterns(config.prune.ignore, roles)
+    if unmatched:
+        raise UserError(f"prune.ignore: {unmatched[0]!r} matches none of the prunable tensors "
+                        f"({', '.join(sorted(roles)[:6])}{', ...' if len(roles) > 6 else ''})")
+
+    store = RunStore(run_dir)
+    with hold_run(store.root, command="lottery find"):
+        Ranks.current().leader_first(lambda: claim(store, config, model))
+        procedure = Procedure(config, store, model_fn, roles, options.device)
+        _BuiltinTrainer(procedure, model, data, options).run()
+    return store.root
+
+
+def _canonical_roles(model: nn.Module, roles: dict[str, str] | None, prunable: Include = None,
+                     example: torch.Tensor | None = None) -> dict[str, str]:
+    """The prunable tensors by canonical name (a tied weight, reachable by two names, is one tensor)."""
+    if roles is None:
+        try:
+            return prunable_roles(model, prunable, example)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+    names = parameter_names(model)
+    unknown = [n for n in roles if n not in names]
+    if unknown:
+        raise UserError(f"not parameters of the model: {', '.join(unknown)}")
+    kinds = sorted({k for k in roles.values() if k not in KINDS})
+    if kinds:
+        raise UserError(f"unknown kind {kinds[0]!r} in roles; kinds are {', '.join(KINDS)}")
+    canonical: dict[str, str] = {}
+    for name, kind in roles.items():
+        if canonical.setdefault(names[name], kind) != kind:
+            raise UserError(f"{name} is tied to {names[name]}: one tensor, one kind; roles give it two")
+    return canonical
+
+
+class _BuiltinTrainer:
+    """Trains each round of the procedure with the stacked trainer: a round's networks in passes, each pass
+    checkpointed; rewind points saved while the dense networks pass iteration k; results recorded."""
+
+    def __init__(self, procedure: Procedure, model: nn.Module, data: Dataset, options: RunOptions) -> None:
+        self.procedure, self.config, self.store = procedure, procedure.config, procedure.store
+        self.model, self.data, self.options = model, data, options
+        self.ranks = Ranks.current()
+        self.progress = Progress(enabled=options.progress and self.ranks.leader, levels=len(procedure.levels),
+                                 log=options.log_passes and self.ranks.leader)
+        self.replicas_per_pass = replicas_per_pass(model, options.device,
+                                                   eval_batch_for(model, data.features(data.x_train[:1])),
+                                                   self.config.train.batch_size, options.max_replicas)
+        self.progress.note(describe_prunable(model, procedure.roles))
+        self.progress.note(f"training up to {self.replicas_per_pass} replicas per pass "
+                           f"({'as asked' if options.max_replicas else 'chosen from model size, memory and device'})")
+
+    def run(self) -> None:
+        for networks in self.procedure.rounds():
+            self._train_round(networks)
+        self.progress.close()
+
+    def _train_round(self, jobs: list[NetworkId]) -> None:
+        """Passes are cut from all the round's networks, done or not, so a pass keeps its name and checkpoint
+        when some of its replicas finished before a kill; only the unfinished ones train."""
+        levels = sorted({j.level for j in jobs})
+        todo = [j for j in jobs if not self.procedure.is_done(j)]
+        self.progress.levels_done(levels, skipped=not todo)
+        if not todo:
+            return
+        # Fine-tuned tickets train at their own fixed learning rate, and with a rewound optimizer the fresh
+        # draws start with a fresh one (another step count): passes of their own.
+        finetuned = [j for j in jobs if self.procedure.finetuned(j)]
+        fresh = [j for j in jobs if self.procedure.fresh_optimizer(j)]
+        name = f"level_{'_'.join(f'{level:02d}' for level in levels)}"
+        groups = [(name, [j for j in jobs if j not in finetuned and j not in fresh]),
+                  (name + "_finetune", finetuned), (name + "_fresh_optimizer", fresh)]
+        for name, group in groups:
+            size, group = self.replicas_per_pass, self.ranks.share(group)
+            name += self.ranks.pass_suffix()
+            chunks = [group[i:i + size] for i in range(0, len(group), size)]
+            if len(chunks) > 1:
+                self.progress.note(f"{name}: {len(group)} replicas in {len(chunks)} passes of up to {size}")
+            for index, chunk in enumerate(chunks):
+                remaining = [j for j in chunk if j in todo]
+                if remaining:
+                    self._train_chunk(name if len(chunks) == 1 else f"{name}_part{index}", remaining, levels)
+        self.ranks.barrier()  # the next level's masks need every rank's results
+
+    def _train_chunk(self, name: str, jobs: list[NetworkId], levels: list[int]) -> None:
+        starts = [self.procedure.start(job) for job in jobs]
+        stream_trials = sorted({j.trial for j in jobs})
+        specs = [ReplicaSpec(stream_trials.index(s.id.trial),  # the arms of a trial share the trial's data order
+                             s.start, s.mask, s.seed, s.optimizer, s.optimizer_steps) for s in starts]
+        cfg = self.config.train
+        if starts[0].finetune:  # the ticket's trained weights at a fixed small learning rate
+            cfg = dataclasses.replace(cfg, lr=self.config.prune.finetune_lr, warmup=0, milestones=[])
+        started = time.monotonic()
+        dense = levels == [0]
+        results = self._train_pass(name, jobs, specs, stream_trials, starts[0].start_iteration, cfg,
+                                   snapshot_at=self.config.prune.rewind_iteration if dense else 0)
+        for job, spec, result in zip(jobs, specs, results):
+            curves = [{"iteration": it, **{k: result.curves[k][i] for k in CURVES}}
+                      for i, it in enumerate(result.iterations)]
+            self.procedure.record(job, spec.mask, result.final, result.metrics(), curves, list(CURVES), result.path)
+        finish_pass(self.store.checkpoint_paths(name)[0])
+        summary = pass_summary([j.arm for j in jobs], results, cfg.iterations - starts[0].start_iteration,
+                               time.monotonic() - started)
+        self.progress.pass_done(name, summary)
+
+    def _train_pass(self, name: str, jobs: list[NetworkId], specs: list[ReplicaSpec], stream_trials: list[int],
+                    start_iteration: int, cfg: TrainConfig, snapshot_at: int) -> list[ReplicaResult]:
+        seeds = [derive_seed(self.config.seed, "order", t) for t in stream_trials]
+        trainer = StackedTrainer(self.model, specs, self.data, cfg, seeds, start_iteration,
+                                 track_path=self.procedure.track_path, augment=self.config.data.augment)
+        keys, checkpoint = [j.key for j in jobs], self.store.checkpoint_paths(name)[0]
+        resume(trainer, keys, checkpoint, warn=self.progress.warn)
+        bar = self.progress.iterations(name, cfg.iterations - start_iteration, trainer.iteration - start_iteration)
+
+        def save_rewind_points(tr: StackedTrainer) -> None:
+            for row, job in enumerate(jobs):
+                if self.procedure.needs_rewind_point(job.trial):
+                    self.procedure.save_rewind_point(job.trial, {n: t[row] for n, t in tr.tensors(detach=True).items()},
+                                                     tr.optimizer_of(row), tr.optimizer.steps_taken)
+
+        train_with_checkpoints(trainer, keys, checkpoint, cfg.iterations,
+                               self.options.checkpoint_seconds, bar, snapshot_at, save_rewind_points)
+        self.progress.end_iterations()
+        return trainer.results()

@@ -1,0 +1,45 @@
+"""results.csv: one row per (arm, trial, level), gathered from each finished replica's metrics.json."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from lottery.errors import BrokenFile
+from lottery.storage.files import RunStore, load_csv, load_json, remedy
+
+RESULT_COLUMNS = [
+    "arm", "trial", "level", "percent_remaining", "weights_remaining", "prunable_weights",
+    "early_stop_iteration", "early_stop_val_loss", "early_stop_test_accuracy",
+    "final_test_accuracy", "final_train_accuracy",
+]
+# Columns added after runs existed: written by every run now, read as None from a row or metrics.json
+# written before them. train_accuracy_examples: how many training examples final_train_accuracy saw.
+LATER_COLUMNS = ["train_accuracy_examples"]
+
+
+def collect_results(store: RunStore, trials: list[int], levels: list[int], arms: tuple[str, ...] = ("imp",)) -> list[dict[str, Any]]:
+    rows = []
+    for arm in arms:
+        for level in levels:
+            for trial in trials:
+                path = store.metrics_path(trial, level, arm)
+                if path.exists():
+                    metrics = load_json(path, tuple(RESULT_COLUMNS))
+                    rows.append({c: metrics.get(c, "") for c in RESULT_COLUMNS + LATER_COLUMNS})
+    return rows
+
+
+def read_results(run_dir: Path | str) -> list[dict[str, Any]]:
+    """results.csv with numbers parsed; a truncated or foreign table is one clear error naming the file."""
+    path = RunStore(run_dir).results_path
+    rows = load_csv(path, RESULT_COLUMNS)
+    ints = {"trial", "level", "weights_remaining", "prunable_weights", "early_stop_iteration", *LATER_COLUMNS}
+    out = []
+    for number, row in enumerate(rows, start=2):
+        row = {**{c: "" for c in LATER_COLUMNS}, **row}
+        try:
+            out.append({k: (v if k == "arm" else None if v == "" and k in LATER_COLUMNS
+                            else int(v) if k in ints else float(v)) for k, v in row.items()})
+        except ValueError as exc:
+            raise BrokenFile(f"{path} is malformed (line {number}: {exc}); {remedy(path)}") from None
+    return out

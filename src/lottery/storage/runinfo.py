@@ -1,0 +1,113 @@
+"""A run directory's identity: its config, its hash and the model it was made with.
+
+`config.toml` holds the config and `run.json` the hash it had when the run was made, with the model's
+class and parameter names and shapes. Every command checks them before it reads or writes anything
+else: an edited config.toml, or another model, is refused with one line instead of being silently used.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from lottery.config import RunConfig, flatten, from_toml, to_toml
+from lottery.errors import BrokenFile, UserError
+from lottery.storage.files import RunStore, atomic_write_text, load_json, remedy, save_json
+
+FORMAT = 1
+_NAME_HASH = re.compile(r"-([0-9a-f]{10})$")  # `lottery find` names run directories <preset>-<hash>
+
+
+def model_signature(model: nn.Module) -> dict[str, Any]:
+    """The model's class and its parameter names and shapes: what a run's tensors must fit."""
+    cls = type(model)
+    return {"class": f"{cls.__module__}.{cls.__qualname__}",
+            "parameters": {n: list(p.shape) for n, p in model.named_parameters()}}
+
+
+def read_config(store: RunStore) -> RunConfig:
+    """config.toml, parsed and checked against the run's recorded hash."""
+    path = store.config_path
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise BrokenFile(f"{path} is missing: {store.root} is not a `lottery find` run directory, or its config "
+                         f"was removed; {remedy(path)}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BrokenFile(f"{path} is unreadable ({exc}); {remedy(path)}") from None
+    try:
+        config = from_toml(text)
+    except UserError as exc:
+        raise BrokenFile(f"{path} is not a valid run config ({exc}); {remedy(path)}") from None
+    recorded = recorded_hash(store)
+    if recorded is not None and recorded != config.run_hash():
+        raise UserError(f"{path} was edited after the run was made (its hash is now {config.run_hash()}, the run's "
+                        f"is {recorded}): the results in {store.root} belong to the original config; restore it, "
+                        f"or run the new config in another directory")
+    return config
+
+
+def recorded_hash(store: RunStore) -> str | None:
+    """The hash the run was made with: run.json's, else the directory name's suffix, else unknown."""
+    if store.run_info_path.exists():
+        return str(load_json(store.run_info_path, ("run_hash",))["run_hash"])
+    match = _NAME_HASH.search(store.root.name)
+    return match.group(1) if match else None
+
+
+def recorded_model(store: RunStore) -> dict[str, Any] | None:
+    if not store.run_info_path.exists():
+        return None
+    return load_json(store.run_info_path, ("run_hash",)).get("model")
+
+
+def check_model(store: RunStore, model: nn.Module) -> None:
+    """Refuse a model that is not the one the run was made with (names, shapes and class)."""
+    recorded = recorded_model(store)
+    if recorded is None:
+        return
+    here = model_signature(model)
+    if here == recorded:
+        return
+    if here["parameters"] != recorded["parameters"]:
+        theirs, ours = recorded["parameters"], here["parameters"]
+        differ = sorted(set(theirs) ^ set(ours)) or [n for n in theirs if theirs[n] != ours[n]]
+        name = differ[0]
+        detail = (f"{name} is {ours.get(name, 'absent')} here and {theirs.get(name, 'absent')} in the run")
+    else:
+        detail = f"the run was made with {recorded['class']}, this is {here['class']}"
+    raise UserError(f"the model does not match the run in {store.root}: {detail}; use the run's own model, "
+                    f"or another directory for this one")
+
+
+def claim(store: RunStore, config: RunConfig, model: nn.Module) -> None:
+    """Make `store` this config's run directory, or check that it already is (call holding the lock).
+    Everything is checked before anything is written."""
+    if store.config_path.exists():
+        existing = read_config(store)
+        if existing.run_hash() != config.run_hash():
+            raise UserError(f"{store.root} holds a run with a different config ({config_difference(existing, config)}); "
+                            f"choose another --out")
+    check_model(store, model)
+    if not store.config_path.exists():
+        atomic_write_text(store.config_path, to_toml(config))
+    if not store.run_info_path.exists():
+        save_json(store.run_info_path, {"format": FORMAT, "run_hash": config.run_hash(),
+                                        "model": model_signature(model)})
+
+
+def config_difference(theirs: RunConfig, ours: RunConfig) -> str:
+    a, b = flatten(theirs.to_dict()), flatten(ours.to_dict())
+    keys = [k for k in sorted(set(a) | set(b)) if k not in RunConfig.NOT_HASHED and a.get(k) != b.get(k)]
+    shown = ", ".join(f"{k} = {b.get(k)!r} here, {a.get(k)!r} there" for k in keys[:3])
+    return shown + (f" and {len(keys) - 3} more" if len(keys) > 3 else "") if keys else "another hash"
+
+
+def open_run_config(run_dir: Path | str) -> tuple[RunStore, RunConfig]:
+    """The store and checked config of an existing run directory."""
+    store = RunStore(run_dir)
+    if not store.root.is_dir():
+        raise UserError(f"{store.root} does not exist")
+    return store, read_config(store)
