@@ -7,7 +7,7 @@ from lottery.experiments.attack import adversarial_examples, attack_run, input_u
 from lottery.storage.finished import model_and_data, open_run
 from lottery.experiments.noise import noise_run, noisy
 from lottery.storage.files import load_csv
-from lottery.training.trainer import stacked_forward_for
+from lottery.training.forwards import stacked_forward_for
 from lottery.experiments.transfer import transfer_run
 
 from conftest import run_cli

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 import lottery
-from lottery.procedure.levels import find as imp_module
-from lottery.procedure.levels import levels as procedure_module
+from lottery.procedure import levels as procedure_module
+from lottery.training import passes as passes_module
 from lottery.storage.files import load_tensors, save_tensors
 
 from conftest import run_cli
@@ -89,13 +89,13 @@ def test_a_kill_between_the_per_replica_saves_resumes_from_the_checkpoint_to_ide
     monkeypatch.setattr(procedure_module.Procedure, "record", original)
 
     resumed_at = []
-    real_resume = imp_module.resume
+    real_resume = passes_module.resume
 
     def recording_resume(trainer, keys, checkpoint, warn=None):
         resumed_at.append((len(keys), real_resume(trainer, keys, checkpoint, warn)))
         return resumed_at[-1][1]
 
-    monkeypatch.setattr(imp_module, "resume", recording_resume)
+    monkeypatch.setattr(passes_module, "resume", recording_resume)
     lottery.find_tickets(_config(), run_dir, data=mnist1d, options=options)
     assert resumed_at == [(10, 80)]  # the 10 unsaved replicas, from the last checkpoint (iteration 80)
     assert _files(run_dir) == _files(reference)

@@ -315,9 +315,10 @@ def _compare(args: argparse.Namespace) -> None:
     import hashlib
 
     from lottery.reports.compare import compare_runs
+    from lottery.storage.files import RunStore
 
     for run in args.run_dirs:
-        if not (run / "results.csv").exists():
+        if not RunStore(run).results_path.exists():
             raise UserError(f"{run} has no results.csv: not a finished `lottery find` run directory")
     labels = [s.strip() for s in args.labels.split(",")] if args.labels else None
     from lottery.pruning.arms import ARMS

@@ -23,7 +23,8 @@ from lottery.storage.finished import FinishedRun, ModelFn, model_and_data, open_
 from lottery.order import derive_seed
 from lottery.ranks import Ranks
 from lottery.storage.files import atomic_write_text, save_csv, writes_into_run
-from lottery.training.forwards import StackedForward, at_least_two, stacked_forward_for
+from lottery.training.forwards import StackedForward, stacked_forward_for
+from lottery.training.replicas import at_least_two
 
 METHODS = ("fgsm", "pgd")
 ATTACK_COLUMNS = ["arm", "trial", "level", "percent_remaining", "method", "eps", "accuracy", "examples"]

@@ -12,7 +12,8 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from lottery.training.forwards import StackedForwards, at_least_two
+from lottery.training.forwards import StackedForwards
+from lottery.training.replicas import at_least_two
 from lottery.order import ReplicaDraws
 
 Features = Callable[[torch.Tensor], torch.Tensor]
@@ -94,7 +95,7 @@ def error_rates(forwards: StackedForwards, tensors: dict[str, torch.Tensor], x: 
                 eval_batch: int, features: Features = lambda v: v,
                 precision: contextlib.AbstractContextManager | None = None) -> list[float]:
     """Classification error of each stacked network on (x, y), in evaluation mode."""
-    params, count = at_least_two(tensors)  # never a batched product over one network (see lottery.training.trainer)
+    params, count = at_least_two(tensors)  # never a batched product over one network (see lottery.training.replicas)
     size = next(iter(params.values())).shape[0]
     correct = torch.zeros(size, device=x.device)
     for start in range(0, len(x), eval_batch):

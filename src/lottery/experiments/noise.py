@@ -27,8 +27,9 @@ from lottery.training.passes import NamedReplica, train_replicas
 from lottery.reports.report import CURVE_TARGETS
 from lottery.training.sizing import replicas_per_pass
 from lottery.ranks import Ranks
-from lottery.storage.files import atomic_write_text, load_json, save_csv, writes_into_run
-from lottery.training.forwards import at_least_two, stacked_forward_for
+from lottery.storage.files import NetworkFiles, atomic_write_text, load_json, save_csv, writes_into_run
+from lottery.training.forwards import stacked_forward_for
+from lottery.training.replicas import at_least_two
 
 TRAINING_COLUMNS = ["arm", "sigma", "trial", "level", "percent_remaining", "early_stop_iteration",
                     "early_stop_test_accuracy", "final_test_accuracy"]
@@ -90,7 +91,7 @@ def noise_run(run_dir: Path | str, sigmas: list[float], *, levels: list[int] | N
                    checkpoint_seconds=options.checkpoint_seconds, progress=options.progress,
                    log=options.log_passes, label="noise",
                    start_iteration=config.prune.rewind_iteration, augment=config.data.augment)
-    training = [{c: load_json(r.folder / "metrics.json")[c] for c in TRAINING_COLUMNS} for r in replicas]
+    training = [{c: load_json(NetworkFiles(r.folder).metrics)[c] for c in TRAINING_COLUMNS} for r in replicas]
     for arm in ("imp", "reinit"):  # the clean ticket (k = 0) and the reinit control, from the run itself
         for level in levels:
             for row in run.rows_of(arm, level):

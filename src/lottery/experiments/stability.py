@@ -37,12 +37,13 @@ from lottery.pruning.masks import Mask
 from lottery.training.optim import OptimizerState, flatten_state, unflatten_state
 from lottery.order import derive_seed
 from lottery.ranks import Ranks
-from lottery.training.passes import NamedReplica, finish_pass, resume, train_replicas, train_with_checkpoints
+from lottery.training.passes import NamedReplica, TrainingPass, train_replicas
 from lottery.pruning.prune import parse_pattern
 from lottery.training.sizing import eval_batch_for, replicas_per_pass
 from lottery.experiments.stability_report import write_report
-from lottery.storage.files import load_json, load_metadata, load_tensors, save_csv, save_json, save_tensors, writes_into_run
-from lottery.training.trainer import ReplicaSpec, StackedTrainer
+from lottery.storage.files import NetworkFiles, load_json, load_metadata, load_tensors, save_csv, save_json, save_tensors, writes_into_run
+from lottery.training.replicas import ReplicaSpec
+from lottery.training.trainer import StackedTrainer
 
 ARMS = ("imp", "random")
 DEFAULT_REWIND = (0, 100, 500, 2000)
@@ -171,21 +172,22 @@ class Trunk:
         specs = [ReplicaSpec(i, self.run.init(t, self.device), self.run.mask(t, 0, device=self.device),
                              derive_seed(config.seed, "replica", "imp", t, 0)) for i, t in enumerate(todo)]
         seeds = [derive_seed(config.seed, "order", t) for t in todo]
-        trainer = StackedTrainer(model, specs, data, config.train, seeds, 0, augment=config.data.augment)
-        keys = [f"trunk/{t}" for t in todo]
-        checkpoint = self.folder / f"checkpoint{suffix}.safetensors"
-        resume(trainer, keys, checkpoint)
-        for k in sorted(ks):
-            if all(self.path(t, k).exists() for t in todo):
-                continue
-            train_with_checkpoints(trainer, keys, checkpoint, k, options.checkpoint_seconds)
+        run = TrainingPass(model, data, config.train, specs, [f"trunk/{t}" for t in todo], seeds,
+                           self.folder / f"checkpoint{suffix}.safetensors", augment=config.data.augment,
+                           checkpoint_seconds=options.checkpoint_seconds)
+
+        def save_states(trainer: StackedTrainer, k: int) -> None:
             tensors = trainer.tensors(detach=True)
             for row, t in enumerate(todo):
                 state = {n: v[row].clone() for n, v in tensors.items()}
                 state.update(flatten_state(trainer.optimizer_of(row), OPTIMIZER_PREFIX))
                 save_tensors(self.path(t, k), state, {"optimizer_steps": str(trainer.optimizer.steps_taken),
                                                       "iteration": str(k)})
-        finish_pass(checkpoint)
+
+        # The trunk trains only as far as the last rewind point; its states are saved at each on the way.
+        todo_ks = [k for k in ks if not all(self.path(t, k).exists() for t in todo)]
+        run.train(max(todo_ks), stops=todo_ks, on_stop=save_states)
+        run.finish()
 
 
 def point_mask(run: FinishedRun, point: Point, device: str) -> Mask:
@@ -256,7 +258,7 @@ def _paths(run: FinishedRun, model: torch.nn.Module, data: Dataset, points: list
             if all(record.get(key) == value for key, value in settings.items()):
                 out[p] = record
                 continue
-        a, b = (load_tensors(p.folder(variant) / f"copy_{c}" / "final.safetensors", device) for c in (0, 1))
+        a, b = (load_tensors(NetworkFiles(p.folder(variant) / f"copy_{c}").final, device) for c in (0, 1))
         test, train = [], []
         for start in range(0, len(alphas), chunk):
             nets = interpolate(a, b, alphas[start:start + chunk])
@@ -270,7 +272,7 @@ def _paths(run: FinishedRun, model: torch.nn.Module, data: Dataset, points: list
 
 
 def _summary(p: Point, path: dict[str, list[float]], variant: Path) -> dict:
-    copies = [load_json(p.folder(variant) / f"copy_{c}" / "metrics.json") for c in (0, 1)]
+    copies = [load_json(NetworkFiles(p.folder(variant) / f"copy_{c}").metrics) for c in (0, 1)]
     test, train = path["test_error"], path["train_error"]
     return {"trial": p.trial, "level": p.level, "arm": p.arm, "percent_remaining": copies[0]["percent_remaining"],
             "k": p.k, "test_instability": instability(test), "train_instability": instability(train),

@@ -67,7 +67,7 @@ class MLP(nn.Module):
         the weights, and autograd's weight gradient g @ xᵀ comes out in the weights' own [out, in]
         layout, with no copy. A shared input enters the batched matmul with a batch stride of 0 (no
         copy): every product is batched over replicas, never one matmul across them, which keeps each
-        replica's arithmetic the same whatever the stack size (see lottery.training.trainer). Measured faster on
+        replica's arithmetic the same whatever the stack size (see lottery.training.replicas). Measured faster on
         CPU than vmap over functional_call. Outside autograd, a `workspace` holds the hidden activations
         from call to call (the logits are always a tensor of their own).
         """
@@ -109,7 +109,7 @@ class MLPBackprop:
     allocated once, so a step allocates nothing large. Activations are example-major ([R, B, features]):
     on this CPU the first layer's forward x @ Wᵀ ran at 173 GFLOP/s against 146 for W @ xᵀ, and the
     softmax runs along each example's row, as autograd's cross-entropy does. Every product is a batched
-    one over the replicas (each replica's arithmetic its own, see lottery.training.trainer). float32 only; bf16
+    one over the replicas (each replica's arithmetic its own, see lottery.training.replicas). float32 only; bf16
     autocast takes the autograd path.
     """
 

@@ -23,7 +23,7 @@ from lottery.models import build_model, parameter_names
 from lottery.models.prunable import Include, describe_prunable, prunable_roles
 from lottery.options import RunOptions
 from lottery.order import derive_seed
-from lottery.training.passes import finish_pass, resume, train_with_checkpoints
+from lottery.training.passes import TrainingPass
 from lottery.procedure.levels import NetworkId, Procedure
 from lottery.training.progress import Progress, pass_summary
 from lottery.ranks import Ranks
@@ -32,7 +32,7 @@ from lottery.storage.runinfo import claim
 from lottery.training.sizing import eval_batch_for, replicas_per_pass
 from lottery.storage.files import RunStore, hold_run
 from lottery.procedure.tickets import ModelFn, initial_weights
-from lottery.training.trainer import CURVES, ReplicaResult, ReplicaSpec, StackedTrainer
+from lottery.training.trainer import CURVES, ReplicaSpec, StackedTrainer
 
 EVAL_BATCH = 10_000
 
@@ -160,6 +160,7 @@ class _BuiltinTrainer:
         self.ranks.barrier()  # the next level's masks need every rank's results
 
     def _train_chunk(self, name: str, jobs: list[NetworkId], levels: list[int]) -> None:
+        """One pass: the networks' starts from the procedure, trained together, recorded through the seam."""
         starts = [self.procedure.start(job) for job in jobs]
         stream_trials = sorted({j.trial for j in jobs})
         specs = [ReplicaSpec(stream_trials.index(s.id.trial),  # the arms of a trial share the trial's data order
@@ -167,35 +168,30 @@ class _BuiltinTrainer:
         cfg = self.config.train
         if starts[0].finetune:  # the ticket's trained weights at a fixed small learning rate
             cfg = dataclasses.replace(cfg, lr=self.config.prune.finetune_lr, warmup=0, milestones=[])
-        started = time.monotonic()
-        dense = levels == [0]
-        results = self._train_pass(name, jobs, specs, stream_trials, starts[0].start_iteration, cfg,
-                                   snapshot_at=self.config.prune.rewind_iteration if dense else 0)
-        for job, spec, result in zip(jobs, specs, results):
-            curves = [{"iteration": it, **{k: result.curves[k][i] for k in CURVES}}
-                      for i, it in enumerate(result.iterations)]
-            self.procedure.record(job, spec.mask, result.final, result.metrics(), curves, list(CURVES), result.path)
-        finish_pass(self.store.checkpoint_paths(name)[0])
-        summary = pass_summary([j.arm for j in jobs], results, cfg.iterations - starts[0].start_iteration,
-                               time.monotonic() - started)
-        self.progress.pass_done(name, summary)
+        started, start_iteration = time.monotonic(), starts[0].start_iteration
+        run = TrainingPass(self.model, self.data, cfg, specs, [j.key for j in jobs],
+                           [derive_seed(self.config.seed, "order", t) for t in stream_trials],
+                           self.store.checkpoint_paths(name)[0], start_iteration=start_iteration,
+                           track_path=self.procedure.track_path, augment=self.config.data.augment,
+                           checkpoint_seconds=self.options.checkpoint_seconds, warn=self.progress.warn)
+        bar = self.progress.iterations(name, cfg.iterations - start_iteration, run.iteration - start_iteration)
 
-    def _train_pass(self, name: str, jobs: list[NetworkId], specs: list[ReplicaSpec], stream_trials: list[int],
-                    start_iteration: int, cfg: TrainConfig, snapshot_at: int) -> list[ReplicaResult]:
-        seeds = [derive_seed(self.config.seed, "order", t) for t in stream_trials]
-        trainer = StackedTrainer(self.model, specs, self.data, cfg, seeds, start_iteration,
-                                 track_path=self.procedure.track_path, augment=self.config.data.augment)
-        keys, checkpoint = [j.key for j in jobs], self.store.checkpoint_paths(name)[0]
-        resume(trainer, keys, checkpoint, warn=self.progress.warn)
-        bar = self.progress.iterations(name, cfg.iterations - start_iteration, trainer.iteration - start_iteration)
-
-        def save_rewind_points(tr: StackedTrainer) -> None:
+        def save_rewind_points(tr: StackedTrainer, _iteration: int) -> None:
             for row, job in enumerate(jobs):
                 if self.procedure.needs_rewind_point(job.trial):
                     self.procedure.save_rewind_point(job.trial, {n: t[row] for n, t in tr.tensors(detach=True).items()},
                                                      tr.optimizer_of(row), tr.optimizer.steps_taken)
 
-        train_with_checkpoints(trainer, keys, checkpoint, cfg.iterations,
-                               self.options.checkpoint_seconds, bar, snapshot_at, save_rewind_points)
+        # The dense networks (level 0) pass iteration k on their way: θk is saved there.
+        rewind = self.config.prune.rewind_iteration if levels == [0] else 0
+        run.train(cfg.iterations, stops=[rewind] if rewind > 0 else [], on_stop=save_rewind_points, on_progress=bar)
         self.progress.end_iterations()
-        return trainer.results()
+        results = run.results()
+        for job, spec, result in zip(jobs, specs, results):
+            curves = [{"iteration": it, **{k: result.curves[k][i] for k in CURVES}}
+                      for i, it in enumerate(result.iterations)]
+            self.procedure.record(job, spec.mask, result.final, result.metrics(), curves, list(CURVES), result.path)
+        run.finish()  # the results are saved: the pass's checkpoint is no longer needed
+        summary = pass_summary([j.arm for j in jobs], results, cfg.iterations - start_iteration,
+                               time.monotonic() - started)
+        self.progress.pass_done(name, summary)

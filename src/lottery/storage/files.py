@@ -340,6 +340,33 @@ def remove_temp_files(root: Path) -> None:
 # File names inside a network's folder: RunStore's methods are the only place that joins them to a path.
 FINAL, METRICS, CURVES, MASK, START, PATH_LENGTH = (
     "final.safetensors", "metrics.json", "curves.csv", "mask.safetensors", "start.safetensors", "path.safetensors")
+
+
+class NetworkFiles:
+    """The files of one trained network's folder, wherever it lies: a run's trial_T/level_LL/ARM/, or an
+    experiment's replica folder (noise, transfer, stability copies)."""
+
+    def __init__(self, folder: Path | str) -> None:
+        self.folder = Path(folder)
+
+    @property
+    def final(self) -> Path:
+        """θT (parameters and buffers)."""
+        return self.folder / FINAL
+
+    @property
+    def metrics(self) -> Path:
+        """Written last: the network is done once this exists."""
+        return self.folder / METRICS
+
+    @property
+    def curves(self) -> Path:
+        return self.folder / CURVES
+
+    def is_done(self) -> bool:
+        return self.metrics.exists()
+
+
 class RunStore:
     """Paths inside one run directory. Holds no state beyond the root."""
 
@@ -369,14 +396,14 @@ class RunStore:
 
     def final_path(self, trial: int, level: int, arm: str) -> Path:
         """θT of a trained network (parameters and buffers)."""
-        return self.arm_dir(trial, level, arm) / FINAL
+        return NetworkFiles(self.arm_dir(trial, level, arm)).final
 
     def metrics_path(self, trial: int, level: int, arm: str) -> Path:
         """A network's metrics, written last: the network is done once this exists."""
-        return self.arm_dir(trial, level, arm) / METRICS
+        return NetworkFiles(self.arm_dir(trial, level, arm)).metrics
 
     def curves_path(self, trial: int, level: int, arm: str) -> Path:
-        return self.arm_dir(trial, level, arm) / CURVES
+        return NetworkFiles(self.arm_dir(trial, level, arm)).curves
 
     def arm_mask_path(self, trial: int, level: int, arm: str) -> Path:
         """The mask of an arm with a mask of its own (random, init-magnitude, one-shot)."""

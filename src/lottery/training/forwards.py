@@ -165,15 +165,6 @@ def _one_by_one(one: Callable[[Params, torch.Tensor], torch.Tensor], shared_inpu
     return forward
 
 
-def at_least_two(params: Params) -> tuple[Params, int]:
-    """Stacked parameters with two replicas or more, and how many were given: a lone replica is repeated,
-    because a batched product over one item takes another path than over two (see lottery.training.trainer)."""
-    count = next(iter(params.values())).shape[0]
-    if count >= 2:
-        return params, count
-    return {n: p.repeat(2, *[1] * (p.dim() - 1)) for n, p in params.items()}, count
-
-
 def check_model_output(model: nn.Module, x: torch.Tensor, num_classes: int) -> None:
     """The module's forward must map a batch [B, ...] to one tensor of logits [B, classes]."""
     from lottery.errors import UserError

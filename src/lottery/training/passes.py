@@ -1,7 +1,9 @@
-"""One training pass with checkpoints: train replicas to the end, resumable after a kill.
+"""The one pass engine: a pass of replicas trained together, checkpointed, resumable after a kill.
 
-A checkpoint is one safetensors file (tensors + JSON metadata), written atomically at evaluation
-points at most every `checkpoint_seconds`; it is used again only if it belongs to the same replicas.
+`TrainingPass` is what `find_tickets` (each round's networks), the experiments (`train_replicas`: noise,
+transfer, stability's copies) and stability's dense trunk all train with. A checkpoint is one safetensors
+file (tensors + JSON metadata), written atomically at evaluation points at most every
+`checkpoint_seconds`; it is used again only if it holds the same replicas (or more of them).
 """
 from __future__ import annotations
 
@@ -22,8 +24,8 @@ from lottery.training.optim import OptimizerState
 from lottery.training.progress import Progress, pass_summary
 from lottery.ranks import Ranks
 from lottery.errors import UserError
-from lottery.storage.files import load_metadata, load_tensors, remove_empty_folder, save_json, save_tensors
-from lottery.training.trainer import ReplicaSpec, StackedTrainer
+from lottery.storage.files import NetworkFiles, load_metadata, load_tensors, remove_empty_folder, save_json, save_tensors
+from lottery.training.trainer import ReplicaResult, ReplicaSpec, StackedTrainer
 
 
 def resume(trainer: StackedTrainer, keys: list[str], checkpoint: Path,
@@ -55,24 +57,62 @@ def _warn(text: str) -> None:
 
 def train_with_checkpoints(trainer: StackedTrainer, keys: list[str], checkpoint: Path, until: int,
                            checkpoint_seconds: float = 60.0, on_progress: Callable[[int], None] | None = None,
-                           snapshot_at: int = 0, on_snapshot: Callable[[StackedTrainer], None] | None = None) -> None:
-    """Train to iteration `until`, checkpointing; call `on_snapshot` once at iteration `snapshot_at` (> 0)
-    if the pass has not passed it yet. Call `resume` first to continue an interrupted pass."""
+                           save_until: int | None = None) -> None:
+    """Train to iteration `until`, checkpointing at evaluation points before `save_until` (default: `until`;
+    a pass that ends there needs no checkpoint). Call `resume` first to continue an interrupted pass."""
     last_save = time.monotonic()
+    save_until = until if save_until is None else save_until
 
     def on_eval(tr: StackedTrainer) -> None:
         nonlocal last_save
-        if tr.iteration < until and time.monotonic() - last_save >= checkpoint_seconds:
+        if tr.iteration < save_until and time.monotonic() - last_save >= checkpoint_seconds:
             tensors, meta = tr.state()
             meta["keys"] = keys
             save_tensors(checkpoint, tensors, {"meta": json.dumps(meta)})
             last_save = time.monotonic()
 
-    if snapshot_at > 0 and trainer.iteration <= snapshot_at:
-        trainer.run(snapshot_at, on_eval, on_progress)
-        if on_snapshot:
-            on_snapshot(trainer)
     trainer.run(until, on_eval, on_progress)
+
+
+class TrainingPass:
+    """The replicas `specs` (named by `keys`, the same wherever the run directory lies) trained from
+    `start_iteration` in one stacked trainer, continuing from `checkpoint` where it holds them.
+
+        run = TrainingPass(model, data, cfg, specs, keys, stream_seeds, checkpoint, ...)
+        run.train(cfg.iterations, stops=[k], on_stop=save_theta_k)   # on_stop once per stop, resumed or not
+        results = run.results(); ...save them...; run.finish()        # the checkpoint is no longer needed
+    """
+
+    def __init__(self, model: nn.Module, data: Dataset, cfg: TrainConfig, specs: list[ReplicaSpec], keys: list[str],
+                 stream_seeds: list[int], checkpoint: Path, *, start_iteration: int = 0, track_path: bool = False,
+                 augment: str = "none", checkpoint_seconds: float = 60.0,
+                 warn: Callable[[str], None] | None = None) -> None:
+        self.trainer = StackedTrainer(model, specs, data, cfg, stream_seeds, start_iteration,
+                                      track_path=track_path, augment=augment)
+        self.keys, self.checkpoint, self.checkpoint_seconds = keys, checkpoint, checkpoint_seconds
+        self.start_iteration = start_iteration
+        self.resumed_at = resume(self.trainer, keys, checkpoint, warn)
+
+    @property
+    def iteration(self) -> int:
+        return self.trainer.iteration
+
+    def train(self, until: int, *, stops: list[int] = (), on_stop: Callable[[StackedTrainer, int], None] | None = None,
+              on_progress: Callable[[int], None] | None = None) -> None:
+        """Train to `until`; at each iteration of `stops` (> 0) not passed yet, call `on_stop(trainer, it)`."""
+        for stop in sorted(s for s in stops if 0 < s <= until):
+            if self.trainer.iteration <= stop:  # a checkpoint may be at the stop itself: call it all the same
+                train_with_checkpoints(self.trainer, self.keys, self.checkpoint, stop, self.checkpoint_seconds,
+                                       on_progress, save_until=until)
+                if on_stop:
+                    on_stop(self.trainer, stop)
+        train_with_checkpoints(self.trainer, self.keys, self.checkpoint, until, self.checkpoint_seconds, on_progress)
+
+    def results(self) -> list[ReplicaResult]:
+        return self.trainer.results()
+
+    def finish(self) -> None:
+        finish_pass(self.checkpoint)
 
 
 def finish_pass(checkpoint: Path) -> None:
@@ -113,7 +153,7 @@ def train_replicas(replicas: list[NamedReplica], model: nn.Module, data: Dataset
     progress, log = progress and ranks.leader, log and ranks.leader
     passes = [mine[i:i + max_per_pass] for i in range(0, len(mine), max_per_pass)]
     for index, chunk in enumerate(passes):
-        chunk = [r for r in chunk if not (r.folder / "metrics.json").exists()]
+        chunk = [r for r in chunk if not NetworkFiles(r.folder).is_done()]
         if not chunk:
             continue
         seeds = list(dict.fromkeys(r.order_seed for r in chunk))
@@ -122,24 +162,23 @@ def train_replicas(replicas: list[NamedReplica], model: nn.Module, data: Dataset
             start, mask = r.build()
             optimizer, steps = r.optimizer() if r.optimizer else (None, 0)
             specs.append(ReplicaSpec(seeds.index(r.order_seed), start, mask, r.seed, optimizer, steps))
-        trainer = StackedTrainer(model, specs, data, cfg, seeds, start_iteration, augment=augment)
-        keys = [r.key for r in chunk]
         checkpoint = checkpoint_dir / f"{label}_{index}.safetensors"
-        resume(trainer, keys, checkpoint)
+        run = TrainingPass(model, data, cfg, specs, [r.key for r in chunk], seeds, checkpoint,
+                           start_iteration=start_iteration, augment=augment, checkpoint_seconds=checkpoint_seconds)
         name, started = f"{label} {index + 1}/{len(passes)}", time.monotonic()
         bars = Progress(progress, levels=0, log=log)  # iterations only
-        bar = bars.iterations(name, cfg.iterations - start_iteration, trainer.iteration - start_iteration)
-        train_with_checkpoints(trainer, keys, checkpoint, cfg.iterations, checkpoint_seconds, bar)
+        bar = bars.iterations(name, cfg.iterations - start_iteration, run.iteration - start_iteration)
+        run.train(cfg.iterations, on_progress=bar)
         bars.end_iterations()
-        results = trainer.results()
+        results = run.results()
         for r, spec, result in zip(chunk, specs, results):
             if save_final:
-                save_tensors(r.folder / "final.safetensors", result.final)
+                save_tensors(NetworkFiles(r.folder).final, result.final)
             kept, total = count(spec.mask)
-            save_json(r.folder / "metrics.json", {**r.extra, "percent_remaining": 100.0 * kept / total,
+            save_json(NetworkFiles(r.folder).metrics, {**r.extra, "percent_remaining": 100.0 * kept / total,
                                                   "weights_remaining": kept, "prunable_weights": total,
                                                   **result.metrics()})
-        finish_pass(checkpoint)
+        run.finish()
         bars.pass_done(name, pass_summary([_log_group(r, label) for r in chunk], results,
                                           cfg.iterations - start_iteration, time.monotonic() - started))
     ranks.barrier()
