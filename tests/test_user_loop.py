@@ -111,8 +111,17 @@ def test_the_user_loop_finds_the_builtin_trainers_masks_and_results_on_lenet(tmp
     lambda p: torch.optim.Adam(p, lr=1e-2, weight_decay=1e-3),
     lambda p: torch.optim.AdamW(p, lr=1e-2, weight_decay=0.1),
     lambda p: torch.optim.RMSprop(p, lr=1e-3, momentum=0.5, weight_decay=1e-3),
-], ids=["sgd-momentum-wd", "sgd-nesterov", "adam-l2", "adamw", "rmsprop"])
+    lambda p: torch.optim.Adam(p, lr=1e-2, amsgrad=True, weight_decay=1e-3),
+    lambda p: torch.optim.Adagrad(p, lr=1e-2, weight_decay=1e-3),
+    lambda p: torch.optim.NAdam(p, lr=1e-2, weight_decay=1e-3, decoupled_weight_decay=True),
+    lambda p: torch.optim.RAdam(p, lr=1e-2, weight_decay=1e-3),
+    lambda p: torch.optim.Adamax(p, lr=1e-2, weight_decay=1e-3),
+], ids=["sgd-momentum-wd", "sgd-nesterov", "adam-l2", "adamw", "rmsprop", "adam-amsgrad", "adagrad", "nadam",
+        "radam", "adamax-rezeroed"])
 def test_invariant_1_pruned_weights_and_optimizer_slots_stay_exactly_zero(tmp_path, mnist1d, make):
+    """torch's elementwise optimizers keep a pruned weight and its slots at exactly 0 by themselves, given the
+    masked gradient (lottery does not re-zero them after each step); any other optimizer (Adamax here) is
+    re-zeroed after every step."""
     imp = lottery.IMP(small_mlp, tmp_path / "run", levels=2, arms=["imp", "random"], verbose=False)
     checked = 0
     for net in imp.networks():
