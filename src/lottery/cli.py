@@ -47,7 +47,9 @@ def _parser() -> argparse.ArgumentParser:
     find.add_argument("--pattern", metavar="N:M", help="semi-structured masks: at most N of every M consecutive "
                       "inputs kept (2:4 runs on a GPU's sparse tensor cores); the criterion chooses within it")
     find.add_argument("--arms", metavar="ARM[,ARM...]",
-                      help="imp (the ticket) plus controls: reinit, same-sign, random, init-magnitude, one-shot")
+                      help="imp (the ticket) plus controls: reinit, same-sign, random, init-magnitude, one-shot; "
+                           "pruning at initialization: snip, grasp, synflow, each also -global (the method's own "
+                           "layer shares), -inverted, -global-inverted and -global-shuffle (Frankle et al. 2021)")
     find.add_argument("--one-shot", metavar="PERCENT[,PERCENT...]",
                       help="prune straight to these percents remaining from one trained network")
     find.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

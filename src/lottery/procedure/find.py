@@ -28,6 +28,7 @@ from lottery.procedure.levels import NetworkId, Procedure
 from lottery.training.progress import Progress, pass_summary
 from lottery.ranks import Ranks
 from lottery.pruning.prune import KINDS, unmatched_patterns
+from lottery.pruning.saliency import InitProbe
 from lottery.storage.runinfo import claim
 from lottery.training.sizing import eval_batch_for, replicas_per_pass
 from lottery.storage.files import RunStore, hold_run
@@ -83,7 +84,8 @@ def find_tickets(config: RunConfig, run_dir: Path | str, *, model_fn: ModelFn | 
     store = RunStore(run_dir)
     with hold_run(store.root, command="lottery find"):
         Ranks.current().leader_first(lambda: claim(store, config, model))
-        procedure = Procedure(config, store, model_fn, roles, options.device)
+        procedure = Procedure(config, store, model_fn, roles, options.device,
+                              probe_for=lambda trial: init_probe(model, data, config, trial))
         _BuiltinTrainer(procedure, model, data, options).run()
     return store.root
 
@@ -108,6 +110,19 @@ def _canonical_roles(model: nn.Module, roles: dict[str, str] | None, prunable: I
         if canonical.setdefault(names[name], kind) != kind:
             raise UserError(f"{name} is tied to {names[name]}: one tensor, one kind; roles give it two")
     return canonical
+
+
+PROBE_BATCHES = 10  # SNIP and GraSP score θ0 on this many batches of training examples, one sample per trial
+
+
+def init_probe(model: nn.Module, data: Dataset, config: RunConfig, trial: int) -> InitProbe:
+    """The network at θ0 for pruning at initialization: a fixed sample of `PROBE_BATCHES` training batches,
+    drawn for the trial from the run's seed (the same whichever arm or pass asks)."""
+    count = min(len(data.x_train), PROBE_BATCHES * config.train.batch_size)
+    order = torch.randperm(len(data.x_train), generator=torch.Generator().manual_seed(
+        derive_seed(config.seed, "init-probe", trial)))[:count].to(data.x_train.device)
+    return InitProbe(model, data.x_train[order], data.y_train[order], tuple(data.features(data.x_train[:1]).shape[1:]),
+                     data.features)
 
 
 class _BuiltinTrainer:

@@ -16,7 +16,7 @@ and `export` read either.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -32,6 +32,7 @@ from lottery.ranks import Ranks
 from lottery.storage.results import LATER_COLUMNS, RESULT_COLUMNS, collect_results
 from lottery.storage.files import RunStore, remove_empty_folder, save_csv, save_json, save_tensors, tensor_digest
 from lottery.procedure.tickets import ModelFn, Tickets
+from lottery.pruning.saliency import InitProbe
 
 Weights = dict[str, torch.Tensor]
 
@@ -69,13 +70,13 @@ class Procedure:
     share (masks, starts, results.csv); the trainer barriers between rounds."""
 
     def __init__(self, config: RunConfig, store: RunStore, model_fn: ModelFn, roles: dict[str, str],
-                 device: str) -> None:
+                 device: str, probe_for: Callable[[int], InitProbe] | None = None) -> None:
         self.config, self.store, self.roles = config, store, roles
         self.ranks = Ranks.current()
         self.trials = list(range(config.trials))
         self.levels = config.levels()
         self.track_path = needs_path(config.prune.criterion)
-        self.tickets = Tickets(config, store, model_fn, roles, device, self.track_path)
+        self.tickets = Tickets(config, store, model_fn, roles, device, self.track_path, probe_for)
         self.lineage = LineageCheck(store, list(config.arms), bool(config.prune.one_shot))
 
     # --- the level loop -------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from lottery.pruning.criteria import score_weights
 from lottery.procedure.lineage import mask_lineage, record
 from lottery.training.optim import OptimizerState, unflatten_state
 from lottery.order import derive_seed
+from lottery.pruning.saliency import InitProbe
 from lottery.pruning.prune import ignored_names, parse_pattern, prune_one_shot, prune_round
 from lottery.storage.files import RunStore, load_metadata, load_tensors, save_tensors, tensor_digest
 
@@ -38,9 +39,10 @@ class Tickets:
     """The saved starting points of one run: per trial, per level, per arm."""
 
     def __init__(self, config: RunConfig, store: RunStore, model_fn: ModelFn, roles: dict[str, str],
-                 device: str, track_path: bool) -> None:
+                 device: str, track_path: bool, probe_for: Callable[[int], InitProbe] | None = None) -> None:
         self.config, self.store, self.model_fn, self.roles = config, store, model_fn, roles
         self.device, self.track_path = device, track_path
+        self.probe_for = probe_for  # trial -> the network at θ0 with that trial's sample of training examples
 
     def init(self, trial: int) -> dict[str, torch.Tensor]:
         path = self.store.init_path(trial)
@@ -109,6 +111,7 @@ class Tickets:
             start=once(lambda: self.rewind(trial)),
             fresh=once(lambda: initial_weights(self.model_fn, derive_seed(self.config.seed, "reinit", arm, level), trial)),
             dense_scores=once(lambda: self.scores(trial, 0, list(self.roles), seed_level=level)[1]),
+            **({"probe": once(lambda: self.probe_for(trial))} if self.probe_for is not None else {}),
         )
 
     def arm_mask(self, trial: int, level: int, arm: str) -> masks_lib.Mask:

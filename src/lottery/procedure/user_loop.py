@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lottery.pruning.arms import TICKET
+from lottery.pruning.arms import ARMS, TICKET
 from lottery.config import PruneConfig, RunConfig
 from lottery.validation import validate
 from lottery.errors import UserError
@@ -319,6 +319,10 @@ class IMP:
         self.config.model.name = type(self.model).__name__
         self.config.data.dataset = "user"
         validate(self.config)
+        probing = [a for a in self.config.arms if ARMS[a].needs_probe]
+        if probing:
+            raise UserError(f"arm {probing[0]} scores the network at θ0 on training examples, which lottery does not "
+                            f"have in your own loop; use it with find_tickets / lottery find")
         if example is not None:
             example = example.to(self.device)
         try:

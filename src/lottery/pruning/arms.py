@@ -23,6 +23,7 @@ import torch
 from lottery.pruning.masks import Mask
 from lottery.order import derive_seed
 from lottery.pruning.prune import allowed_by_pattern, keep_top
+from lottery.pruning.saliency import GRASP_TEMPERATURE, InitProbe, grasp, snip, synflow
 
 Weights = dict[str, torch.Tensor]
 TICKET = "imp"  # the arm whose trained weights are pruned for the next level
@@ -75,6 +76,12 @@ class ArmInputs:
     start: Callable[[], Weights]  # the ticket's start at this level's rewind point (θk)
     fresh: Callable[[], Weights]  # a fresh draw of the model's initialization, this arm's own
     dense_scores: Callable[[], Weights]  # the criterion's scores on the dense network's training
+    probe: Callable[[], InitProbe] = lambda: _no_probe()  # the network at θ0, for pruning at initialization
+
+
+def _no_probe() -> InitProbe:
+    raise ValueError("pruning at initialization needs the network and training examples at θ0; this trainer "
+                     "gave none")
 
 
 MaskRule = Callable[[ArmInputs], Mask]
@@ -90,6 +97,7 @@ class Arm:
     description: str
     mask: MaskRule | None = None
     start: StartRule | None = None
+    needs_probe: bool = False  # scores the network at θ0 on training examples (SNIP, GraSP, SynFlow)
 
     @property
     def own_mask(self) -> bool:
@@ -122,3 +130,65 @@ register_arm(Arm("init-magnitude", "the mask |θ0| picks at the ticket's per-lay
                  mask=lambda a: mask_with_counts({n: a.init()[n].abs() for n in a.reference}, a.reference, a.pattern)))
 register_arm(Arm("one-shot", "the mask the criterion picks from the dense network's training, at the ticket's counts",
                  mask=lambda a: mask_with_counts(a.dense_scores(), a.reference, a.pattern)))
+
+
+# --- pruning at initialization (issue 29) -------------------------------------------------------------------
+# Each method scores the network at θ0 (lottery.pruning.saliency) and keeps the ticket's number of weights:
+# layer-wise (`snip`: the ticket's count in every tensor) or global (`snip-global`: the ticket's total, the
+# method choosing each tensor's share, as the papers do). Frankle et al. 2021's sanity checks are arms too:
+# `-shuffle` permutes each tensor's kept positions at random (same per-tensor counts; for a layer-wise mask
+# that is the `random` arm), `-inverted` keeps the lowest scores instead of the highest. Every such arm
+# trains from the ticket's start (θ0 when k = 0), in the same pass as the ticket.
+
+def shuffled(mask: Mapping[str, torch.Tensor], seed: int) -> Mask:
+    """Each tensor's kept positions permuted at random: the same count per tensor, other positions."""
+    return random_mask(mask, seed)
+
+
+def _init_scores(method: str, a: ArmInputs, inverted: bool) -> Weights:
+    names = sorted(a.reference)
+    if method == "init-magnitude":
+        scores = {n: a.init()[n].abs() for n in names}
+    else:
+        probe = a.probe()
+        if method == "snip":
+            scores = snip(probe.loss, a.init(), names)
+        else:
+            scores = grasp(lambda p: probe.loss(p, GRASP_TEMPERATURE), a.init(), names)
+    return {n: -s for n, s in scores.items()} if inverted else scores
+
+
+def _init_mask(method: str, scope: str, inverted: bool) -> MaskRule:
+    def rule(a: ArmInputs) -> Mask:
+        names = sorted(a.reference)
+        if method == "synflow":
+            probe = a.probe()
+            keep = ({n: int(a.reference[n].sum()) for n in names} if scope == "layerwise"
+                    else sum(int(a.reference[n].sum()) for n in names))
+            _, mask = synflow(probe.output, a.init(), names, keep, invert=inverted)
+            return mask
+        scores = _init_scores(method, a, inverted)
+        if scope == "layerwise":
+            return mask_with_counts(scores, a.reference, a.pattern)
+        dense = {n: torch.ones_like(a.reference[n], dtype=torch.bool) for n in names}
+        return keep_top(scores, dense, names, sum(int(a.reference[n].sum()) for n in names))
+    return rule
+
+
+INIT_METHODS = {"snip": "SNIP (Lee et al. 2019): |g ⊙ θ0|", "grasp": "GraSP (Wang et al. 2020): θ0 ⊙ Hg",
+                "synflow": "SynFlow (Tanaka et al. 2020), 100 rounds, data-free", "init-magnitude": "|θ0|"}
+
+for _method, _what in INIT_METHODS.items():
+    for _scope in ("layerwise", "global"):
+        _name = _method if _scope == "layerwise" else f"{_method}-global"
+        if _name != "init-magnitude":  # registered above, with the same meaning
+            register_arm(Arm(_name, f"{_what}, {_scope}, at the ticket's {'per-tensor counts' if _scope == 'layerwise' else 'total count'}",
+                             mask=_init_mask(_method, _scope, False), needs_probe=_method != "init-magnitude"))
+        register_arm(Arm(f"{_name}-inverted", f"{_what}, {_scope}, keeping the lowest scores (Frankle et al. 2021)",
+                         mask=_init_mask(_method, _scope, True), needs_probe=_method != "init-magnitude"))
+        if _scope == "global":  # a layer-wise mask shuffled is the `random` arm
+            register_arm(Arm(f"{_name}-shuffle", f"{_what}, global, each tensor's kept positions shuffled "
+                             "(Frankle et al. 2021)",
+                             mask=lambda a, rule=_init_mask(_method, _scope, False), name=_name: shuffled(
+                                 rule(a), derive_seed(a.run_seed, "shuffle", name, a.trial, a.level)),
+                             needs_probe=_method != "init-magnitude"))
