@@ -118,3 +118,24 @@ def test_every_init_arm_is_registered_with_its_controls():
     for method in ("snip", "grasp", "synflow", "init-magnitude"):
         for suffix in ("", "-inverted", "-global", "-global-inverted", "-global-shuffle"):
             assert f"{method}{suffix}" in ARMS
+
+
+def test_the_cost_ledger_counts_each_arms_training_and_finding_in_dense_runs(tmp_path, mnist1d):
+    """T = 100 iterations, rewinding to k = 20: each pruned network trains 80; the ticket at level ℓ was found
+    by the trunk's trainings before it (100, then 80 more); one-shot by the dense training; random (layer-wise
+    counts, from the rates alone) by nothing; SNIP by 10 batches; SynFlow by 100 one-example rounds (100/50)."""
+    config = _config()
+    config.arms = ["imp", "reinit", "random", "one-shot", "snip-global", "synflow"]
+    config.train.iterations, config.prune.rewind_iteration = 100, 20
+    run = lottery.find_tickets(config, tmp_path / "run", data=mnist1d, options=lottery.RunOptions(progress=False))
+    got = {(r["arm"], r["level"]): (r["train_iterations"], r["cost_to_find"], r["cost_total"])
+           for r in lottery.read_results(run)}
+    assert got[("imp", 0)] == (100, 0.0, 1.0)
+    assert got[("imp", 1)] == got[("reinit", 1)] == (80, 1.0, 1.8)
+    assert got[("imp", 2)] == got[("reinit", 2)] == (80, 1.8, 2.6)
+    assert got[("one-shot", 2)] == (80, 1.0, 1.8)
+    assert got[("random", 2)] == (80, 0.0, 0.8)
+    assert got[("snip-global", 2)] == (80, 0.1, 0.9)
+    assert got[("synflow", 1)] == (80, 0.02, 0.82)
+    report = lottery.write_report(run)
+    assert (report / "cost.png").exists() and "cost to find" in (report / "report.md").read_text()

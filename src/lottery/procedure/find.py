@@ -28,7 +28,7 @@ from lottery.procedure.levels import NetworkId, Procedure
 from lottery.training.progress import Progress, pass_summary
 from lottery.ranks import Ranks
 from lottery.pruning.prune import KINDS, unmatched_patterns
-from lottery.pruning.saliency import InitProbe
+from lottery.pruning.saliency import PROBE_BATCHES, InitProbe
 from lottery.storage.runinfo import claim
 from lottery.training.sizing import eval_batch_for, replicas_per_pass
 from lottery.storage.files import RunStore, hold_run
@@ -110,9 +110,6 @@ def _canonical_roles(model: nn.Module, roles: dict[str, str] | None, prunable: I
         if canonical.setdefault(names[name], kind) != kind:
             raise UserError(f"{name} is tied to {names[name]}: one tensor, one kind; roles give it two")
     return canonical
-
-
-PROBE_BATCHES = 10  # SNIP and GraSP score θ0 on this many batches of training examples, one sample per trial
 
 
 def init_probe(model: nn.Module, data: Dataset, config: RunConfig, trial: int) -> InitProbe:

@@ -29,6 +29,7 @@ from lottery.procedure.lineage import LineageCheck
 from lottery.training.optim import OptimizerState, flatten_state
 from lottery.order import derive_seed
 from lottery.ranks import Ranks
+from lottery.storage.ledger import with_costs
 from lottery.storage.results import LATER_COLUMNS, RESULT_COLUMNS, collect_results
 from lottery.storage.files import RunStore, remove_empty_folder, save_csv, save_json, save_tensors, tensor_digest
 from lottery.procedure.tickets import ModelFn, Tickets
@@ -170,7 +171,7 @@ class Procedure:
         })
 
     def write_results(self) -> None:
-        rows = collect_results(self.store, self.trials, self.levels, tuple(self.config.arms))
+        rows = with_costs(collect_results(self.store, self.trials, self.levels, tuple(self.config.arms)), self.config)
         save_csv(self.store.results_path, rows, RESULT_COLUMNS + LATER_COLUMNS)
         # Every network is done: what is left are checkpoints of passes cut another way (another
         # --max-replicas, another number of processes); their networks were trained since.

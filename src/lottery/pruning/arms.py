@@ -98,6 +98,11 @@ class Arm:
     mask: MaskRule | None = None
     start: StartRule | None = None
     needs_probe: bool = False  # scores the network at θ0 on training examples (SNIP, GraSP, SynFlow)
+    # How its mask is found, for the cost ledger (lottery.storage.ledger): "ticket" (the ticket's mask),
+    # "ticket-counts" (the ticket's per-tensor counts), "dense" (from the dense network's training, at the
+    # ticket's counts) or "init" (from θ0 alone); `scoring`: the method scoring θ0 (snip, grasp, synflow).
+    found_by: str = "ticket-counts"
+    scoring: str = ""
 
     @property
     def own_mask(self) -> bool:
@@ -119,17 +124,17 @@ def register_arm(arm: Arm) -> Arm:
     return arm
 
 
-register_arm(Arm(TICKET, "the ticket: the mask IMP found, trained from the rewind point"))
+register_arm(Arm(TICKET, "the ticket: the mask IMP found, trained from the rewind point", found_by="ticket"))
 register_arm(Arm("reinit", "the ticket's mask, weights drawn again from the initialization",
-                 start=lambda a: a.fresh()))
+                 start=lambda a: a.fresh(), found_by="ticket"))
 register_arm(Arm("same-sign", "reinit, every weight with the sign of the ticket's start weight (Zhou et al. 2019)",
-                 start=lambda a: same_sign(a.fresh(), a.start())))
+                 start=lambda a: same_sign(a.fresh(), a.start()), found_by="ticket"))
 register_arm(Arm("random", "a random mask with the ticket's per-layer counts, trained from θk",
                  mask=lambda a: random_control_mask(a.reference, a.run_seed, a.trial, a.level, a.pattern)))
 register_arm(Arm("init-magnitude", "the mask |θ0| picks at the ticket's per-layer counts (pruning before training)",
                  mask=lambda a: mask_with_counts({n: a.init()[n].abs() for n in a.reference}, a.reference, a.pattern)))
 register_arm(Arm("one-shot", "the mask the criterion picks from the dense network's training, at the ticket's counts",
-                 mask=lambda a: mask_with_counts(a.dense_scores(), a.reference, a.pattern)))
+                 mask=lambda a: mask_with_counts(a.dense_scores(), a.reference, a.pattern), found_by="dense"))
 
 
 # --- pruning at initialization (issue 29) -------------------------------------------------------------------
@@ -175,6 +180,13 @@ def _init_mask(method: str, scope: str, inverted: bool) -> MaskRule:
     return rule
 
 
+def _found(method: str, scope: str) -> dict[str, str]:
+    """Cost-ledger fields of an init arm: global ones need only θ0 (the ticket's total count is the rate's);
+    layer-wise ones take the ticket's per-tensor counts."""
+    return {"found_by": "init" if scope == "global" else "ticket-counts",
+            "scoring": "" if method == "init-magnitude" else method}
+
+
 INIT_METHODS = {"snip": "SNIP (Lee et al. 2019): |g ⊙ θ0|", "grasp": "GraSP (Wang et al. 2020): θ0 ⊙ Hg",
                 "synflow": "SynFlow (Tanaka et al. 2020), 100 rounds, data-free", "init-magnitude": "|θ0|"}
 
@@ -183,12 +195,14 @@ for _method, _what in INIT_METHODS.items():
         _name = _method if _scope == "layerwise" else f"{_method}-global"
         if _name != "init-magnitude":  # registered above, with the same meaning
             register_arm(Arm(_name, f"{_what}, {_scope}, at the ticket's {'per-tensor counts' if _scope == 'layerwise' else 'total count'}",
-                             mask=_init_mask(_method, _scope, False), needs_probe=_method != "init-magnitude"))
+                             mask=_init_mask(_method, _scope, False), needs_probe=_method != "init-magnitude",
+                             **_found(_method, _scope)))
         register_arm(Arm(f"{_name}-inverted", f"{_what}, {_scope}, keeping the lowest scores (Frankle et al. 2021)",
-                         mask=_init_mask(_method, _scope, True), needs_probe=_method != "init-magnitude"))
+                         mask=_init_mask(_method, _scope, True), needs_probe=_method != "init-magnitude",
+                         **_found(_method, _scope)))
         if _scope == "global":  # a layer-wise mask shuffled is the `random` arm
             register_arm(Arm(f"{_name}-shuffle", f"{_what}, global, each tensor's kept positions shuffled "
                              "(Frankle et al. 2021)",
                              mask=lambda a, rule=_init_mask(_method, _scope, False), name=_name: shuffled(
                                  rule(a), derive_seed(a.run_seed, "shuffle", name, a.trial, a.level)),
-                             needs_probe=_method != "init-magnitude"))
+                             needs_probe=_method != "init-magnitude", **_found(_method, _scope)))

@@ -27,6 +27,13 @@ from lottery.pruning.prune import keep_top
 
 Params = dict[str, torch.Tensor]
 Scores = dict[str, torch.Tensor]
+PROBE_BATCHES = 10  # SNIP and GraSP score θ0 on this many batches of training examples (one sample per trial)
+SYNFLOW_ROUNDS = 100
+# What scoring θ0 costs, in training iterations (forward and backward of one batch), for the cost ledger:
+# SNIP one gradient on the sample; GraSP a gradient with its graph and a Hessian-vector product (about
+# twice); SynFlow one forward and backward of one example per round.
+SCORING_ITERATIONS = {"snip": lambda batch: float(PROBE_BATCHES), "grasp": lambda batch: 2.0 * PROBE_BATCHES,
+                      "synflow": lambda batch: SYNFLOW_ROUNDS / batch}
 GRASP_TEMPERATURE = 200.0  # alecwangcq/GraSP: outputs / T with T = 200 before the loss
 
 
@@ -61,7 +68,7 @@ def synflow_scores(output: Callable[[Params], torch.Tensor], weights: Params, na
 
 
 def synflow(output: Callable[[Params], torch.Tensor], init: Params, names: list[str],
-            keep: Mapping[str, int] | int, rounds: int = 100, invert: bool = False) -> tuple[Scores, dict[str, torch.Tensor]]:
+            keep: Mapping[str, int] | int, rounds: int = SYNFLOW_ROUNDS, invert: bool = False) -> tuple[Scores, dict[str, torch.Tensor]]:
     """Iterative SynFlow over `rounds` rounds on an exponential schedule: round r keeps
     n·(k/n)^(r/rounds) of n weights, ending at exactly `keep`: a count per tensor (layer-wise), or one count
     over all of `names` pooled (global, the paper's). Returns the last round's scores and the final mask.

@@ -125,6 +125,39 @@ def _one_shot_figure(grouped: dict, path: Path) -> None:
     save_figure(fig, path)
 
 
+def _cost_figure(grouped: dict, path: Path, targets: tuple[float, ...] = (21.1, 7.0, 3.6)) -> None:
+    """Test accuracy at early stop against the cost of finding the mask (dense training runs, the ledger's
+    cost_to_find), one panel per sparsity near each of `targets`; beside it, accuracy vs weights remaining."""
+    percents = sorted({rows[0]["percent_remaining"] for levels in grouped.values() for rows in levels.values()})
+    chosen = sorted({min(percents, key=lambda p: abs(math.log(p / t))) for t in targets if percents}, reverse=True)
+    fig, axes = plt.subplots(1, len(chosen) + 1, figsize=(4.2 * (len(chosen) + 1), 4.0))
+    colors = {arm: f"C{i % 10}" for i, arm in enumerate(grouped)}
+    markers = "osD^v<>ph*"
+    for i, (arm, levels) in enumerate(grouped.items()):
+        pts = sorted(((rows[0]["percent_remaining"], spread([100 * r["early_stop_test_accuracy"] for r in rows]))
+                      for rows in levels.values()), reverse=True)
+        axes[0].plot([p for p, _ in pts], [m[0] for _, m in pts], marker=markers[i % len(markers)], ms=3,
+                     color=colors[arm], label=arm, lw=1)
+        for ax, percent in zip(axes[1:], chosen):
+            rows = [r for rows in levels.values() for r in rows if r["percent_remaining"] == percent]
+            if rows and all(r.get("cost_to_find") is not None for r in rows):
+                m, lo, hi = spread([100 * r["early_stop_test_accuracy"] for r in rows])
+                cost = float(np.mean([r["cost_to_find"] for r in rows]))
+                ax.errorbar([cost], [m], yerr=[[m - lo], [hi - m]], marker=markers[i % len(markers)], ms=6,
+                            capsize=3, color=colors[arm], label=arm)
+    percent_axis(axes[0], percents)
+    axes[0].set_ylabel("test accuracy at early stop (%)")
+    axes[0].set_title("accuracy vs weights remaining (mean)", fontsize=9)
+    for ax, percent in zip(axes[1:], chosen):
+        ax.set_xscale("symlog", linthresh=0.01)
+        ax.set_xlabel("cost to find the mask (dense training runs)")
+        ax.set_title(f"{percent:.1f}% of the weights (mean, min/max)", fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7, ncol=2)
+    fig.suptitle("What a mask costs to find, and what it is worth")
+    save_figure(fig, path)
+
+
 def _table(grouped: dict) -> str:
     lines = ["| arm | level | weights remaining (%) | early-stop iteration | test acc. at early stop (%) "
              "| final test acc. (%) | final train acc. (%) | trials |",
@@ -172,6 +205,10 @@ def write_report(run_dir: Path | str) -> Path:
     if "one-shot" in grouped:
         _one_shot_figure(grouped, out / "one_shot.png")
         figures.append("![one-shot vs iterative](one_shot.png)")
+    if len(grouped) > 1 and any(r.get("cost_to_find") is not None for r in rows if r["level"] > 0):
+        _cost_figure(grouped, out / "cost.png")
+        figures.append("![cost to find](cost.png) (cost to find a mask: the ledger's `cost_to_find` in results.csv, "
+                       "in dense training runs; see lottery.storage.ledger)")
     trials = len({r["trial"] for r in rows})
     claims = claims_markdown(check_claims(rows, config), protocol_caveats(config, trials))
     prunable = rows[0]["prunable_weights"]

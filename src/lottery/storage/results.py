@@ -13,8 +13,11 @@ RESULT_COLUMNS = [
     "final_test_accuracy", "final_train_accuracy",
 ]
 # Columns added after runs existed: written by every run now, read as None from a row or metrics.json
-# written before them. train_accuracy_examples: how many training examples final_train_accuracy saw.
-LATER_COLUMNS = ["train_accuracy_examples"]
+# written before them. train_accuracy_examples: how many training examples final_train_accuracy saw; the
+# cost ledger's columns (lottery.storage.ledger): train_iterations, and cost_to_find and cost_total in
+# dense training runs.
+LATER_COLUMNS = ["train_accuracy_examples", "train_iterations", "cost_to_find", "cost_total"]
+LATER_FLOATS = {"cost_to_find", "cost_total"}
 
 
 def collect_results(store: RunStore, trials: list[int], levels: list[int], arms: tuple[str, ...] = ("imp",)) -> list[dict[str, Any]]:
@@ -25,7 +28,10 @@ def collect_results(store: RunStore, trials: list[int], levels: list[int], arms:
                 path = store.metrics_path(trial, level, arm)
                 if path.exists():
                     metrics = load_json(path, tuple(RESULT_COLUMNS))
-                    rows.append({c: metrics.get(c, "") for c in RESULT_COLUMNS + LATER_COLUMNS})
+                    row = {c: metrics.get(c, "") for c in RESULT_COLUMNS + LATER_COLUMNS}
+                    if "steps" in metrics:  # a user's loop: the steps it took (the ledger's train_iterations)
+                        row["steps"] = metrics["steps"]
+                    rows.append(row)
     return rows
 
 
@@ -33,7 +39,8 @@ def read_results(run_dir: Path | str) -> list[dict[str, Any]]:
     """results.csv with numbers parsed; a truncated or foreign table is one clear error naming the file."""
     path = RunStore(run_dir).results_path
     rows = load_csv(path, RESULT_COLUMNS)
-    ints = {"trial", "level", "weights_remaining", "prunable_weights", "early_stop_iteration", *LATER_COLUMNS}
+    ints = {"trial", "level", "weights_remaining", "prunable_weights", "early_stop_iteration",
+            *(set(LATER_COLUMNS) - LATER_FLOATS)}
     out = []
     for number, row in enumerate(rows, start=2):
         row = {**{c: "" for c in LATER_COLUMNS}, **row}
