@@ -137,5 +137,8 @@ def test_the_cost_ledger_counts_each_arms_training_and_finding_in_dense_runs(tmp
     assert got[("random", 2)] == (80, 0.0, 0.8)
     assert got[("snip-global", 2)] == (80, 0.1, 0.9)
     assert got[("synflow", 1)] == (80, 0.02, 0.82)
+    flops = {(r["arm"], r["level"]): r["train_flops"] for r in lottery.read_results(run)}
+    per_iteration = 3 * 50 * 2 * (40 * 32 + 32 * 32 + 32 * 10)  # forward+backward of a batch of 50, dense
+    assert flops[("imp", 0)] == 100 * per_iteration and flops[("random", 2)] == 80 * per_iteration
     report = lottery.write_report(run)
     assert (report / "cost.png").exists() and "cost to find" in (report / "report.md").read_text()

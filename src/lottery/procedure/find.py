@@ -23,6 +23,7 @@ from lottery.models import build_model, parameter_names
 from lottery.models.prunable import Include, describe_prunable, prunable_roles
 from lottery.options import RunOptions
 from lottery.order import derive_seed
+from lottery.training.cost import train_flops_per_iteration
 from lottery.training.passes import TrainingPass
 from lottery.procedure.levels import NetworkId, Procedure
 from lottery.training.progress import Progress, pass_summary
@@ -136,6 +137,9 @@ class _BuiltinTrainer:
                                                    eval_batch_for(model, data.features(data.x_train[:1])),
                                                    self.config.train.batch_size, options.max_replicas)
         self.progress.note(describe_prunable(model, procedure.roles))
+        # Dense FLOPs per iteration: what the trainer computes for every network (masks multiply, not skip).
+        self.flops_per_iteration = train_flops_per_iteration(model, data.features(data.x_train[:1]),
+                                                             self.config.train.batch_size)
         self.progress.note(f"training up to {self.replicas_per_pass} replicas per pass "
                            f"({'as asked' if options.max_replicas else 'chosen from model size, memory and device'})")
 
@@ -202,7 +206,8 @@ class _BuiltinTrainer:
         for job, spec, result in zip(jobs, specs, results):
             curves = [{"iteration": it, **{k: result.curves[k][i] for k in CURVES}}
                       for i, it in enumerate(result.iterations)]
-            self.procedure.record(job, spec.mask, result.final, result.metrics(), curves, list(CURVES), result.path)
+            self.procedure.record(job, spec.mask, result.final, result.metrics(), curves, list(CURVES), result.path,
+                                  extra={"train_flops": (cfg.iterations - start_iteration) * self.flops_per_iteration})
         run.finish()  # the results are saved: the pass's checkpoint is no longer needed
         summary = pass_summary([j.arm for j in jobs], results, cfg.iterations - start_iteration,
                                time.monotonic() - started)

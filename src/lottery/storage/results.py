@@ -14,9 +14,9 @@ RESULT_COLUMNS = [
 ]
 # Columns added after runs existed: written by every run now, read as None from a row or metrics.json
 # written before them. train_accuracy_examples: how many training examples final_train_accuracy saw; the
-# cost ledger's columns (lottery.storage.ledger): train_iterations, and cost_to_find and cost_total in
-# dense training runs.
-LATER_COLUMNS = ["train_accuracy_examples", "train_iterations", "cost_to_find", "cost_total"]
+# cost ledger's columns (lottery.storage.ledger): train_iterations, train_flops (dense FLOPs the built-in
+# trainer computed; empty for a user's loop), and cost_to_find and cost_total in dense training runs.
+LATER_COLUMNS = ["train_accuracy_examples", "train_iterations", "train_flops", "cost_to_find", "cost_total"]
 LATER_FLOATS = {"cost_to_find", "cost_total"}
 
 
