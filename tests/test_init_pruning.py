@@ -142,3 +142,41 @@ def test_the_cost_ledger_counts_each_arms_training_and_finding_in_dense_runs(tmp
     assert flops[("imp", 0)] == 100 * per_iteration and flops[("random", 2)] == 80 * per_iteration
     report = lottery.write_report(run)
     assert (report / "cost.png").exists() and "cost to find" in (report / "report.md").read_text()
+
+
+def test_the_early_bird_rule_stops_at_the_first_mask_within_epsilon_of_the_last_five():
+    from lottery.pruning.arms import early_bird, mask_distance
+
+    reference = {"w": torch.zeros(100, dtype=torch.bool)}
+    reference["w"][:50] = True  # keep 50 of 100
+    base = torch.arange(100, dtype=torch.float32)
+    trajectory = []
+    for i in range(12):  # weights whose top 50 settle: before iteration 6 the order keeps changing a lot
+        noise = torch.randn(100, generator=torch.Generator().manual_seed(i)) * (100.0 if i < 6 else 0.5)
+        trajectory.append((i * 10, {"w": base + noise}))
+    mask, found = early_bird(trajectory, reference, window=5, epsilon=0.1)
+    assert found["found"] and int(mask["w"].sum()) == 50
+    first = next(it for it, d in found["distances"] if d <= 0.1)
+    assert found["iteration"] == first == found["distances"][-1][0]
+    assert found["iteration"] >= 100  # five settled masks are needed after the noisy ones: iterations 60..100
+    assert all(d > 0.1 for _, d in found["distances"][:-1])
+    a, b = {"w": torch.tensor([True, False, True, False])}, {"w": torch.tensor([True, True, False, False])}
+    assert mask_distance(a, b) == 0.5
+
+
+def test_an_early_bird_run_keeps_the_trajectory_and_costs_what_the_dense_run_spent_until_the_bird(tmp_path, mnist1d):
+    config = _config()
+    config.arms = ["imp", "early-bird"]
+    config.train.iterations, config.train.eval_every, config.prune.levels = 200, 10, 2
+    run = lottery.find_tickets(config, tmp_path / "run", data=mnist1d, options=lottery.RunOptions(progress=False))
+    assert len(list((run / "trial_0" / "level_00" / "imp" / "trajectory").glob("*.safetensors"))) == 21  # 0..200
+    for level in (1, 2):
+        ticket = load_tensors(run / "trial_0" / f"level_{level:02d}" / "mask.safetensors")
+        bird = load_tensors(run / "trial_0" / f"level_{level:02d}" / "early-bird" / "mask.safetensors")
+        assert {n: int(m.sum()) for n, m in bird.items()} == {n: int(m.sum()) for n, m in ticket.items()}
+    from lottery.procedure.lineage import read
+
+    found = read(run / "trial_0" / "level_01" / "early-bird" / "mask.safetensors")["found"]
+    row = next(r for r in lottery.read_results(run) if r["arm"] == "early-bird" and r["level"] == 1)
+    assert row["cost_to_find"] == found["iteration"] / 200
+    assert found["distances"] and found["iteration"] <= 200

@@ -28,11 +28,12 @@ from lottery.training.passes import TrainingPass
 from lottery.procedure.levels import NetworkId, Procedure
 from lottery.training.progress import Progress, pass_summary
 from lottery.ranks import Ranks
+from lottery.pruning.arms import ARMS
 from lottery.pruning.prune import KINDS, unmatched_patterns
 from lottery.pruning.saliency import PROBE_BATCHES, InitProbe
 from lottery.storage.runinfo import claim
 from lottery.training.sizing import eval_batch_for, replicas_per_pass
-from lottery.storage.files import RunStore, hold_run
+from lottery.storage.files import RunStore, hold_run, save_tensors
 from lottery.procedure.tickets import ModelFn, initial_weights
 from lottery.training.trainer import CURVES, ReplicaSpec, StackedTrainer
 
@@ -198,9 +199,19 @@ class _BuiltinTrainer:
                     self.procedure.save_rewind_point(job.trial, {n: t[row] for n, t in tr.tensors(detach=True).items()},
                                                      tr.optimizer_of(row), tr.optimizer.steps_taken)
 
+        def keep_trajectory(tr: StackedTrainer) -> None:
+            """The dense networks' prunable weights at this evaluation, for the early-bird arm."""
+            weights = tr.tensors(detach=True)
+            for row, job in enumerate(jobs):
+                path = self.store.trajectory_path(job.trial, tr.iteration)
+                if not path.exists():
+                    save_tensors(path, {n: weights[n][row].clone() for n in self.procedure.roles})
+
         # The dense networks (level 0) pass iteration k on their way: θk is saved there.
         rewind = self.config.prune.rewind_iteration if levels == [0] else 0
-        run.train(cfg.iterations, stops=[rewind] if rewind > 0 else [], on_stop=save_rewind_points, on_progress=bar)
+        trajectory = levels == [0] and any(ARMS[a].found_by == "early-bird" for a in self.config.arms)
+        run.train(cfg.iterations, stops=[rewind] if rewind > 0 else [], on_stop=save_rewind_points, on_progress=bar,
+                  on_evaluation=keep_trajectory if trajectory else None)
         self.progress.end_iterations()
         results = run.results()
         for job, spec, result in zip(jobs, specs, results):

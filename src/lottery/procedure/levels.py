@@ -26,6 +26,7 @@ from lottery.pruning.arms import ARMS, TICKET
 from lottery.config import RunConfig
 from lottery.pruning.criteria import needs_path
 from lottery.procedure.lineage import LineageCheck
+from lottery.procedure.lineage import read as lineage_of
 from lottery.training.optim import OptimizerState, flatten_state
 from lottery.order import derive_seed
 from lottery.ranks import Ranks
@@ -170,8 +171,23 @@ class Procedure:
             "mask_digest": tensor_digest(mask), **(extra or {}), **metrics,
         })
 
+    def _found_at(self) -> dict[tuple[str, int, int], int]:
+        """The dense-training iteration each early-bird mask was drawn at (recorded with the mask)."""
+        out = {}
+        for arm in self.config.arms:
+            if ARMS[arm].found_by != "early-bird":
+                continue
+            for trial in self.trials:
+                for level in self.levels[1:]:
+                    path = self.store.arm_mask_path(trial, level, arm)
+                    found = (lineage_of(path) or {}).get("found") if path.exists() else None
+                    if found:
+                        out[(arm, trial, level)] = int(found["iteration"])
+        return out
+
     def write_results(self) -> None:
-        rows = with_costs(collect_results(self.store, self.trials, self.levels, tuple(self.config.arms)), self.config)
+        rows = with_costs(collect_results(self.store, self.trials, self.levels, tuple(self.config.arms)), self.config,
+                          self._found_at())
         save_csv(self.store.results_path, rows, RESULT_COLUMNS + LATER_COLUMNS)
         # Every network is done: what is left are checkpoints of passes cut another way (another
         # --max-replicas, another number of processes); their networks were trained since.

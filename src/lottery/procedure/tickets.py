@@ -112,7 +112,14 @@ class Tickets:
             fresh=once(lambda: initial_weights(self.model_fn, derive_seed(self.config.seed, "reinit", arm, level), trial)),
             dense_scores=once(lambda: self.scores(trial, 0, list(self.roles), seed_level=level)[1]),
             **({"probe": once(lambda: self.probe_for(trial))} if self.probe_for is not None else {}),
+            trajectory=once(lambda: self.trajectory(trial)),
         )
+
+    def trajectory(self, trial: int) -> list[tuple[int, dict[str, torch.Tensor]]]:
+        """The dense network's prunable weights at each evaluation, in order (see RunStore.trajectory_dir)."""
+        folder = self.store.trajectory_dir(trial)
+        paths = sorted(folder.glob("iteration_*.safetensors")) if folder.exists() else []
+        return [(int(p.stem.split("_")[1]), load_tensors(p, self.device)) for p in paths]
 
     def arm_mask(self, trial: int, level: int, arm: str) -> masks_lib.Mask:
         """The mask the arm trains under: the level's (the ticket's), or the arm's own, drawn once and saved."""
@@ -122,7 +129,10 @@ class Tickets:
         path = self.store.arm_mask_path(trial, level, arm)
         if not path.exists():
             inputs = self.arm_inputs(trial, level, arm)
-            save_tensors(path, strategy.mask(inputs), record(reference=tensor_digest(inputs.reference)))
+            made = strategy.mask(inputs)
+            mask, found = made if isinstance(made, tuple) else (made, None)
+            save_tensors(path, mask, record(reference=tensor_digest(inputs.reference),
+                                            **({"found": found} if found is not None else {})))
         return {n: t.bool() for n, t in load_tensors(path, self.device).items()}
 
     def arm_start(self, trial: int, level: int, arm: str) -> dict[str, torch.Tensor]:

@@ -77,6 +77,9 @@ class ArmInputs:
     fresh: Callable[[], Weights]  # a fresh draw of the model's initialization, this arm's own
     dense_scores: Callable[[], Weights]  # the criterion's scores on the dense network's training
     probe: Callable[[], InitProbe] = lambda: _no_probe()  # the network at θ0, for pruning at initialization
+    # The dense network's weights at each evaluation of its training, [(iteration, weights)] in order
+    # (kept when the run has the early-bird arm).
+    trajectory: Callable[[], list[tuple[int, Weights]]] = lambda: []
 
 
 def _no_probe() -> InitProbe:
@@ -84,7 +87,7 @@ def _no_probe() -> InitProbe:
                      "gave none")
 
 
-MaskRule = Callable[[ArmInputs], Mask]
+MaskRule = Callable[[ArmInputs], "Mask | tuple[Mask, dict]"]  # a mask, or (mask, what to record with it)
 StartRule = Callable[[ArmInputs], Weights]
 
 
@@ -206,3 +209,42 @@ for _method, _what in INIT_METHODS.items():
                              mask=lambda a, rule=_init_mask(_method, _scope, False), name=_name: shuffled(
                                  rule(a), derive_seed(a.run_seed, "shuffle", name, a.trial, a.level)),
                              needs_probe=_method != "init-magnitude", **_found(_method, _scope)))
+
+
+# --- early-bird tickets (You et al., ICLR 2020) --------------------------------------------------------------
+# Theirs: channel pruning, the mask drawn during the dense training as soon as it stops changing, then
+# training continued. Ours: the unstructured ticket at each level's per-tensor counts, the mask drawn from the
+# dense network's weights |θt| at the first evaluation where it has stopped changing, trained from the
+# ticket's start (θ0, or θk) like every other arm.
+EARLY_BIRD_WINDOW, EARLY_BIRD_EPSILON = 5, 0.1  # their defaults: the last 5 masks, distance <= 0.1
+
+
+def mask_distance(a: Mask, b: Mask) -> float:
+    """Normalized Hamming distance: the share of weights on which two masks differ."""
+    differ = sum(int((a[n] != b[n]).sum()) for n in a)
+    return differ / max(1, sum(a[n].numel() for n in a))
+
+
+def early_bird(trajectory: list[tuple[int, Weights]], reference: Mask, pattern: tuple[int, int] | None = None,
+               window: int = EARLY_BIRD_WINDOW, epsilon: float = EARLY_BIRD_EPSILON) -> tuple[Mask, dict]:
+    """The mask |θt| gives at `reference`'s per-tensor counts, at the first evaluation t whose mask is within
+    `epsilon` of each of the `window` masks before it. Not found: the last evaluation's (the one-shot mask).
+    Returns (mask, {"iteration", "found", "distances": [[iteration, max distance to the window], ...]})."""
+    masks: list[tuple[int, Mask]] = []
+    trace = []
+    for iteration, weights in trajectory:
+        mask = mask_with_counts({n: weights[n].abs() for n in reference}, reference, pattern)
+        if len(masks) >= window:
+            distance = max(mask_distance(mask, old) for _, old in masks[-window:])
+            trace.append([iteration, round(distance, 6)])
+            if distance <= epsilon:
+                return mask, {"iteration": iteration, "found": True, "distances": trace}
+        masks.append((iteration, mask))
+    if not masks:
+        raise ValueError("the early-bird arm needs the dense network's trajectory, which this run did not keep")
+    return masks[-1][1], {"iteration": masks[-1][0], "found": False, "distances": trace}
+
+
+register_arm(Arm("early-bird", "the mask |θt| of the dense training gives once it stops changing (You et al. 2020), "
+                 "at the ticket's per-tensor counts", mask=lambda a: early_bird(a.trajectory(), a.reference, a.pattern),
+                 found_by="early-bird"))

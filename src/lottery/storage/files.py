@@ -420,6 +420,13 @@ class RunStore:
     def is_done(self, trial: int, level: int, arm: str) -> bool:
         return self.metrics_path(trial, level, arm).exists()
 
+    def trajectory_dir(self, trial: int) -> Path:
+        """The dense network's weights at each evaluation (kept when a run has the early-bird arm)."""
+        return self.arm_dir(trial, 0, "imp") / "trajectory"
+
+    def trajectory_path(self, trial: int, iteration: int) -> Path:
+        return self.trajectory_dir(trial) / f"iteration_{iteration:07d}.safetensors"
+
     @property
     def checkpoint_dir(self) -> Path:
         return self.root / "checkpoints"

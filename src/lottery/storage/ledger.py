@@ -11,6 +11,7 @@ iteration in the built-in trainer, whose masks multiply and do not skip).
     layer-wise pruning (`prune.scope = layerwise`) they follow from the rates alone: 0; with global pruning
     they are the ticket's cost.
   - "init" (the global pruning-at-initialization arms and their controls): θ0 alone: 0.
+  - "early-bird": the dense training up to the iteration where its mask stopped changing (`found_at`).
   plus the scoring of θ0 for SNIP, GraSP and SynFlow (lottery.pruning.saliency.SCORING_ITERATIONS).
 - `cost_total`: cost_to_find + the network's own training.
 """
@@ -32,8 +33,11 @@ def train_iterations(row: dict[str, Any], config: RunConfig) -> int:
     return config.train.iterations - start
 
 
-def with_costs(rows: list[dict[str, Any]], config: RunConfig) -> list[dict[str, Any]]:
-    """`rows` (results.csv's, with any `steps` from metrics.json) with the ledger's columns filled in."""
+def with_costs(rows: list[dict[str, Any]], config: RunConfig,
+               found_at: dict[tuple[str, int, int], int] | None = None) -> list[dict[str, Any]]:
+    """`rows` (results.csv's, with any `steps` from metrics.json) with the ledger's columns filled in;
+    `found_at`: the dense-training iteration at which an (arm, trial, level) mask was drawn (early-bird)."""
+    found_at = found_at or {}
     spent = {(r["arm"], int(r["trial"]), int(r["level"])): train_iterations(r, config) for r in rows}
 
     def dense_run(trial: int) -> int:
@@ -56,6 +60,8 @@ def with_costs(rows: list[dict[str, Any]], config: RunConfig) -> list[dict[str, 
             find = ticket_cost(trial, level)
         elif found_by == "dense":
             find = dense_run(trial)
+        elif found_by == "early-bird":
+            find = found_at.get((arm, trial, level), dense_run(trial))
         elif found_by == "ticket-counts":
             find = 0.0 if config.prune.scope == "layerwise" else ticket_cost(trial, level)
         else:

@@ -57,7 +57,8 @@ def _warn(text: str) -> None:
 
 def train_with_checkpoints(trainer: StackedTrainer, keys: list[str], checkpoint: Path, until: int,
                            checkpoint_seconds: float = 60.0, on_progress: Callable[[int], None] | None = None,
-                           save_until: int | None = None) -> None:
+                           save_until: int | None = None,
+                           on_evaluation: Callable[[StackedTrainer], None] | None = None) -> None:
     """Train to iteration `until`, checkpointing at evaluation points before `save_until` (default: `until`;
     a pass that ends there needs no checkpoint). Call `resume` first to continue an interrupted pass."""
     last_save = time.monotonic()
@@ -65,6 +66,8 @@ def train_with_checkpoints(trainer: StackedTrainer, keys: list[str], checkpoint:
 
     def on_eval(tr: StackedTrainer) -> None:
         nonlocal last_save
+        if on_evaluation:  # before the checkpoint: what it writes is never behind a checkpoint's iteration
+            on_evaluation(tr)
         if tr.iteration < save_until and time.monotonic() - last_save >= checkpoint_seconds:
             tensors, meta = tr.state()
             meta["keys"] = keys
@@ -98,15 +101,18 @@ class TrainingPass:
         return self.trainer.iteration
 
     def train(self, until: int, *, stops: list[int] = (), on_stop: Callable[[StackedTrainer, int], None] | None = None,
-              on_progress: Callable[[int], None] | None = None) -> None:
-        """Train to `until`; at each iteration of `stops` (> 0) not passed yet, call `on_stop(trainer, it)`."""
+              on_progress: Callable[[int], None] | None = None,
+              on_evaluation: Callable[[StackedTrainer], None] | None = None) -> None:
+        """Train to `until`; at each iteration of `stops` (> 0) not passed yet, call `on_stop(trainer, it)`;
+        `on_evaluation(trainer)` at every evaluation point (replayed the same after a resume)."""
         for stop in sorted(s for s in stops if 0 < s <= until):
             if self.trainer.iteration <= stop:  # a checkpoint may be at the stop itself: call it all the same
                 train_with_checkpoints(self.trainer, self.keys, self.checkpoint, stop, self.checkpoint_seconds,
-                                       on_progress, save_until=until)
+                                       on_progress, save_until=until, on_evaluation=on_evaluation)
                 if on_stop:
                     on_stop(self.trainer, stop)
-        train_with_checkpoints(self.trainer, self.keys, self.checkpoint, until, self.checkpoint_seconds, on_progress)
+        train_with_checkpoints(self.trainer, self.keys, self.checkpoint, until, self.checkpoint_seconds, on_progress,
+                               on_evaluation=on_evaluation)
 
     def results(self) -> list[ReplicaResult]:
         return self.trainer.results()
