@@ -57,7 +57,7 @@ def test_shuffle_keeps_each_tensors_count_and_moves_the_positions():
     assert all(torch.equal(out[n], shuffled(mask, seed=7)[n]) for n in mask)  # a pure function of the seed
 
 
-PAI_ARMS = ["imp", "snip", "grasp-global", "synflow-global", "snip-global-shuffle", "synflow-inverted",
+PAI_ARMS = ["imp", "snip", "grasp-global", "synflow-global", "snip-global-shuffle", "synflow-inverted", "early-bird",
             "init-magnitude-global", "grasp-global-inverted"]
 
 
@@ -180,3 +180,32 @@ def test_an_early_bird_run_keeps_the_trajectory_and_costs_what_the_dense_run_spe
     row = next(r for r in lottery.read_results(run) if r["arm"] == "early-bird" and r["level"] == 1)
     assert row["cost_to_find"] == found["iteration"] / 200
     assert found["distances"] and found["iteration"] <= 200
+
+
+def test_invariant_2_every_level_starts_from_theta0_not_from_the_last_trained_weights(tmp_path, mnist1d, monkeypatch):
+    """Synaptic-Flow's IMP kept training the last level's weights instead of rewinding them. Here every
+    pruned level's networks start from θ0 (k = 0) under their mask, bit for bit, what the pass trains first."""
+    from lottery.training import passes
+
+    starts = {}
+    original = passes.TrainingPass.__init__
+
+    def recording(self, model, data, cfg, specs, keys, *args, **kwargs):
+        original(self, model, data, cfg, specs, keys, *args, **kwargs)
+        for row, key in enumerate(keys):
+            starts[key] = {n: p[row].detach().clone() for n, p in self.trainer.params.items()}
+
+    monkeypatch.setattr(passes.TrainingPass, "__init__", recording)
+    config = _config()
+    config.arms, config.prune.levels = ["imp", "synflow-global"], 3
+    run = lottery.find_tickets(config, tmp_path / "run", data=mnist1d, options=lottery.RunOptions(progress=False))
+    init = load_tensors(run / "trial_0" / "init.safetensors")
+    for level in (1, 2, 3):
+        for arm in ("imp", "synflow-global"):
+            mask = load_tensors(run / "trial_0" / f"level_{level:02d}" / (
+                "mask.safetensors" if arm == "imp" else f"{arm}/mask.safetensors"))
+            start = starts[f"{arm}/0/{level}"]
+            for name, keep in mask.items():
+                assert torch.equal(start[name], init[name] * keep), (arm, level, name)
+    trained = load_tensors(run / "trial_0" / "level_02" / "imp" / "final.safetensors")
+    assert not torch.equal(trained["layers.0.weight"], init["layers.0.weight"])  # training did move them
