@@ -131,7 +131,8 @@ def _cost_figure(grouped: dict, path: Path, targets: tuple[float, ...] = (21.1, 
     percents = sorted({rows[0]["percent_remaining"] for levels in grouped.values() for rows in levels.values()})
     chosen = sorted({min(percents, key=lambda p: abs(math.log(p / t))) for t in targets if percents}, reverse=True)
     fig, axes = plt.subplots(1, len(chosen) + 1, figsize=(4.2 * (len(chosen) + 1), 4.0))
-    colors = {arm: f"C{i % 10}" for i, arm in enumerate(grouped)}
+    palette = plt.get_cmap("tab20").colors if len(grouped) > 10 else [f"C{i}" for i in range(10)]
+    colors = {arm: palette[i % len(palette)] for i, arm in enumerate(grouped)}  # one colour per arm
     markers = "osD^v<>ph*"
     for i, (arm, levels) in enumerate(grouped.items()):
         pts = sorted(((rows[0]["percent_remaining"], spread([100 * r["early_stop_test_accuracy"] for r in rows]))
@@ -153,7 +154,8 @@ def _cost_figure(grouped: dict, path: Path, targets: tuple[float, ...] = (21.1, 
         ax.set_xlabel("cost to find the mask (dense training runs)")
         ax.set_title(f"{percent:.1f}% of the weights (mean, min/max)", fontsize=9)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7, ncol=2)
+    fig.legend(*axes[0].get_legend_handles_labels(), fontsize=7, ncol=min(6, len(grouped)), loc="lower center",
+               bbox_to_anchor=(0.5, -0.02 - 0.04 * math.ceil(len(grouped) / 6)))
     fig.suptitle("What a mask costs to find, and what it is worth")
     save_figure(fig, path)
 
