@@ -405,15 +405,16 @@ def _export(args: argparse.Namespace) -> None:
         save_ticket(ticket, args.out)
         print(f"export: {args.out}")
         return
-    from lottery.deploy.bench import masked_and_compact, model_for, to_onnx
+    from lottery.deploy.bench import example_inputs, masked_and_compact, model_for, to_onnx
 
     model_fn, data = model_for(ticket, args.data_dir)
-    x = data.features(data.x_test[:256]).cpu()
+    x = example_inputs(ticket, data)
     masked, small, before, after = masked_and_compact(ticket, model_fn(), x, args.weights)
     print(f"compact: {before.parameters:,} -> {after.parameters:,} parameters ({before.nonzero_parameters:,} nonzero "
           f"before), {before.flops:,} -> {after.flops:,} FLOPs per example ({before.nonzero_flops:,} on kept weights)")
     difference = to_onnx(small, x, args.out)
-    print(f"export: {args.out} (onnxruntime vs PyTorch on 256 test inputs: max |difference| {difference:.2e})")
+    print(f"export: {args.out} (onnxruntime vs PyTorch on 256 {'test' if data is not None else 'random'} inputs: "
+          f"max |difference| {difference:.2e})")
 
 
 def _bench_inference(args: argparse.Namespace) -> None:

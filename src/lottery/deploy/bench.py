@@ -60,16 +60,31 @@ def to_onnx(model: nn.Module, example: torch.Tensor, out: Path | str) -> float:
         return float((got - model(example)).abs().max())
 
 
-def model_for(ticket: Ticket, data_dir: Path | str | None = None) -> tuple[Callable[[], nn.Module], Dataset]:
-    """A builder of the ticket's model (a registry model) and its dataset, from the ticket's metadata."""
+def model_for(ticket: Ticket, data_dir: Path | str | None = None) -> tuple[Callable[[], nn.Module], Dataset | None]:
+    """A builder of the ticket's model (a registry model), and its dataset: loaded from `data_dir` when one is
+    given (or when the ticket does not record its input shape); else None, the model built from the shape
+    and classes the ticket recorded, with no dataset needed (nor a download)."""
     spec = {k: v for k, v in ticket.info["model"].items() if k != "class"}
     recorded = ticket.info["model"].get("class") or ""
     if spec.get("name") not in MODELS or not recorded.startswith("lottery.models."):
         raise UserError(f"this ticket was made with your own module ({recorded or 'unknown'}): load it from Python, "
                         f"lottery.load_ticket(FILE, YourModel())")
-    data = load_data(DataConfig(**{k: v for k, v in ticket.info["data"].items()}), data_dir)
     config = ModelConfig(**spec)
+    inputs = ticket.info.get("inputs")
+    if data_dir is None and inputs:
+        shape, classes = tuple(inputs["input_shape"]), int(inputs["num_classes"])
+        return (lambda: build_model(config, shape, classes)), None
+    data = load_data(DataConfig(**{k: v for k, v in ticket.info["data"].items()}), data_dir)
     return (lambda: build_model(config, data.input_shape, data.num_classes)), data
+
+
+def example_inputs(ticket: Ticket, data: Dataset | None, count: int = 256) -> torch.Tensor:
+    """`count` inputs for timing and for comparing forms: the test set's first ones when the data is at hand,
+    else standard-normal inputs of the recorded shape (a fixed seed): the products cost the same either way."""
+    if data is not None:
+        return data.features(data.x_test[:count]).cpu()
+    shape = tuple(ticket.info["inputs"]["input_shape"])
+    return torch.randn((count, *shape), generator=torch.Generator().manual_seed(0))
 
 
 def measure_ticket(path: Path | str, threads: int = 1, data_dir: Path | str | None = None) -> dict:
@@ -80,11 +95,12 @@ def measure_ticket(path: Path | str, threads: int = 1, data_dir: Path | str | No
     ticket = read_ticket(path)
     model_fn, data = model_for(ticket, data_dir)
     torch.set_num_threads(threads)
-    x256 = data.features(data.x_test[:256]).cpu()
+    x256 = example_inputs(ticket, data)
     masked, small, before, after = masked_and_compact(ticket, model_fn(), x256)
     x1 = x256[:1]
     layers = compare_layers(masked, x1, x256, threads, with_break_even=True)
     return {"name": Path(path).name, "info": ticket.info, "threads": threads, "before": before, "after": after,
+            "inputs": "its test set" if data is not None else "standard-normal inputs of its recorded shape",
             "forms": compare_forms(masked, small, x1, x256, threads), "layers": layers}
 
 
@@ -94,7 +110,7 @@ def ticket_markdown(m: dict) -> str:
     lines = [f"### {m['name']}", "",
              f"{source['preset']} level {source['level']}, {info['percent_remaining']:.2f}% of "
              f"{info['prunable_weights']:,} prunable weights remaining; {m['threads']} thread(s), "
-             f"torch {torch.__version__}, medians of torch.utils.benchmark.", "",
+             f"torch {torch.__version__}, medians of torch.utils.benchmark, on {m.get('inputs', 'its test set')}.", "",
              f"Parameters {before.parameters:,} ({before.nonzero_parameters:,} nonzero); compact "
              f"{after.parameters:,}. FLOPs per example {before.flops:,} dense, {before.nonzero_flops:,} on kept "
              f"weights, {after.flops:,} compact.", "",

@@ -114,7 +114,16 @@ def ticket_of(run_dir: Path | str, *, level: int | Literal["best"] = "best", tri
             "early_stop_iteration": row["early_stop_iteration"],
             "command": command or " ".join(shlex.quote(a) for a in ["lottery", *sys.argv[1:]]),
         }
+        inputs = _recorded_inputs(run)
+        if inputs:  # the model's input shape and classes: the ticket's network can be built without the data
+            info["inputs"] = inputs
     return Ticket(mask, start, trained, json.loads(json.dumps(info, default=list)))
+
+
+def _recorded_inputs(run: FinishedRun) -> dict | None:
+    from lottery.storage.runinfo import recorded_inputs
+
+    return recorded_inputs(run.store)
 
 
 def _recorded_class(run: FinishedRun) -> str | None:

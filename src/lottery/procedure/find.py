@@ -85,7 +85,8 @@ def find_tickets(config: RunConfig, run_dir: Path | str, *, model_fn: ModelFn | 
 
     store = RunStore(run_dir)
     with hold_run(store.root, command="lottery find"):
-        Ranks.current().leader_first(lambda: claim(store, config, model))
+        inputs = {"input_shape": list(data.input_shape), "num_classes": data.num_classes}
+        Ranks.current().leader_first(lambda: claim(store, config, model, inputs))
         procedure = Procedure(config, store, model_fn, roles, options.device,
                               probe_for=lambda trial: init_probe(model, data, config, trial))
         _BuiltinTrainer(procedure, model, data, options).run()

@@ -82,9 +82,11 @@ def check_model(store: RunStore, model: nn.Module) -> None:
                     f"or another directory for this one")
 
 
-def claim(store: RunStore, config: RunConfig, model: nn.Module) -> None:
+def claim(store: RunStore, config: RunConfig, model: nn.Module, inputs: dict[str, Any] | None = None) -> None:
     """Make `store` this config's run directory, or check that it already is (call holding the lock).
-    Everything is checked before anything is written."""
+    Everything is checked before anything is written. `inputs` ({"input_shape", "num_classes"}) is recorded
+    in run.json, so that what reads the run later (a ticket's inference benchmark, ONNX export) can build the
+    model without the dataset."""
     if store.config_path.exists():
         existing = read_config(store)
         if existing.run_hash() != config.run_hash():
@@ -95,7 +97,16 @@ def claim(store: RunStore, config: RunConfig, model: nn.Module) -> None:
         atomic_write_text(store.config_path, to_toml(config))
     if not store.run_info_path.exists():
         save_json(store.run_info_path, {"format": FORMAT, "run_hash": config.run_hash(),
-                                        "model": model_signature(model)})
+                                        "model": model_signature(model), **({"inputs": inputs} if inputs else {})})
+    elif inputs and "inputs" not in load_json(store.run_info_path, ("run_hash",)):  # a run made before it was kept
+        save_json(store.run_info_path, {**load_json(store.run_info_path, ("run_hash",)), "inputs": inputs})
+
+
+def recorded_inputs(store: RunStore) -> dict[str, Any] | None:
+    """{"input_shape": [...], "num_classes": n} of the run's data, where run.json recorded it."""
+    if not store.run_info_path.exists():
+        return None
+    return load_json(store.run_info_path, ("run_hash",)).get("inputs")
 
 
 def config_difference(theirs: RunConfig, ours: RunConfig) -> str:
