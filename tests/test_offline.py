@@ -1,6 +1,7 @@
 """Every command that reads a run or a ticket works with the network off (issue 31): from what the run, the
 ticket and --data-dir hold. Downloads are made to fail; the dataset cache is an empty folder."""
 import pytest
+import torch
 
 from lottery import cli
 from lottery.data import cifar10, download
@@ -30,8 +31,10 @@ def mnist_run(tmp_path_factory, shared_data):
 def test_ticket_commands_need_no_dataset(offline, mnist_run, tmp_path, capsys):
     ticket, onnx = tmp_path / "t.safetensors", tmp_path / "t.onnx"
     assert cli.main(["export", str(mnist_run), "--level", "2", "--out", str(ticket)]) == 0
-    assert cli.main(["bench-inference", str(ticket)]) == 0
+    threads = torch.get_num_threads()
+    assert cli.main(["bench-inference", str(ticket)]) == 0  # one thread while it measures
     assert "standard-normal inputs of its recorded shape" in capsys.readouterr().out
+    assert torch.get_num_threads() == threads  # and the process's thread count back afterwards
     assert cli.main(["export", str(mnist_run), "--level", "2", "--format", "onnx", "--out", str(onnx)]) == 0
     assert onnx.exists() and "random inputs" in capsys.readouterr().out
 

@@ -94,14 +94,19 @@ def measure_ticket(path: Path | str, threads: int = 1, data_dir: Path | str | No
 
     ticket = read_ticket(path)
     model_fn, data = model_for(ticket, data_dir)
+    previous = torch.get_num_threads()
     torch.set_num_threads(threads)
-    x256 = example_inputs(ticket, data)
-    masked, small, before, after = masked_and_compact(ticket, model_fn(), x256)
-    x1 = x256[:1]
-    layers = compare_layers(masked, x1, x256, threads, with_break_even=True)
+    try:  # the caller's thread count comes back: it decides the last bits of whatever trains next in the process
+        x256 = example_inputs(ticket, data)
+        masked, small, before, after = masked_and_compact(ticket, model_fn(), x256)
+        x1 = x256[:1]
+        layers = compare_layers(masked, x1, x256, threads, with_break_even=True)
+        forms = compare_forms(masked, small, x1, x256, threads)
+    finally:
+        torch.set_num_threads(previous)
     return {"name": Path(path).name, "info": ticket.info, "threads": threads, "before": before, "after": after,
             "inputs": "its test set" if data is not None else "standard-normal inputs of its recorded shape",
-            "forms": compare_forms(masked, small, x1, x256, threads), "layers": layers}
+            "forms": forms, "layers": layers}
 
 
 def ticket_markdown(m: dict) -> str:
