@@ -60,7 +60,9 @@ def load_idx_dataset(name: str, data_dir: Path) -> RawSplits:
     mean, std = NORMALIZATION[name]
 
     def images(a: np.ndarray) -> torch.Tensor:  # uint8 [N, 28, 28] -> float32 [N, 1, 28, 28]
-        return ((torch.from_numpy(a.copy()).float() / 255.0 - mean) / std).unsqueeze(1)
+        # In place: one float32 array, not four (188 MB each for MNIST's training images; every fresh one
+        # is ~46,000 page faults). The same operations in the same order: the same bits.
+        return torch.from_numpy(a.copy()).float().div_(255.0).sub_(mean).div_(std).unsqueeze(1)
 
     def labels(a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(a.astype(np.int64))
