@@ -209,3 +209,21 @@ def test_invariant_2_every_level_starts_from_theta0_not_from_the_last_trained_we
                 assert torch.equal(start[name], init[name] * keep), (arm, level, name)
     trained = load_tensors(run / "trial_0" / "level_02" / "imp" / "final.safetensors")
     assert not torch.equal(trained["layers.0.weight"], init["layers.0.weight"])  # training did move them
+
+
+def test_early_bird_added_to_a_run_without_a_trajectory_is_one_line(tmp_path, shared_data):
+    from conftest import run_cli
+
+    base = ["find", "mnist1d-mlp", "--levels", "1", "--iterations", "40", "--trials", "1", "--out", str(tmp_path),
+            "--no-progress", "--data-dir", str(shared_data), "--set", "model.hidden=16,16"]
+    assert run_cli(*base, "--levels", "0").returncode == 0  # level 0 trained without the arm: no trajectory
+    result = run_cli(*base, "--arms", "imp,early-bird")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "early-bird" in lines[0] and "Traceback" not in result.stderr
+
+
+def test_the_user_loop_refuses_the_early_bird_arm(tmp_path):
+    with pytest.raises(lottery.UserError, match="early-bird"):
+        lottery.IMP(lambda: torch.nn.Sequential(torch.nn.Linear(4, 3)), tmp_path / "run", arms=["imp", "early-bird"],
+                    verbose=False)

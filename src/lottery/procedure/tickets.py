@@ -42,7 +42,9 @@ class Tickets:
                  device: str, track_path: bool, probe_for: Callable[[int], InitProbe] | None = None) -> None:
         self.config, self.store, self.model_fn, self.roles = config, store, model_fn, roles
         self.device, self.track_path = device, track_path
-        self.probe_for = probe_for  # trial -> the network at θ0 with that trial's sample of training examples
+        # trial -> the network at θ0 with that trial's sample of training examples; one per trial, so the
+        # scores it remembers serve every level and arm
+        self.probe_for = functools.cache(probe_for) if probe_for is not None else None
 
     def init(self, trial: int) -> dict[str, torch.Tensor]:
         path = self.store.init_path(trial)

@@ -319,10 +319,11 @@ class IMP:
         self.config.model.name = type(self.model).__name__
         self.config.data.dataset = "user"
         validate(self.config)
-        probing = [a for a in self.config.arms if ARMS[a].needs_probe]
+        probing = [a for a in self.config.arms if ARMS[a].needs_probe or ARMS[a].found_by == "early-bird"]
         if probing:
-            raise UserError(f"arm {probing[0]} scores the network at θ0 on training examples, which lottery does not "
-                            f"have in your own loop; use it with find_tickets / lottery find")
+            raise UserError(f"arm {probing[0]} needs the network at θ0 with training examples or the dense "
+                            f"training's weights at each evaluation, which lottery does not have in your own loop; "
+                            f"use it with find_tickets / lottery find")
         if example is not None:
             example = example.to(self.device)
         try:

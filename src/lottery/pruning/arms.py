@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
+from lottery.errors import UserError
 from lottery.pruning.masks import Mask
 from lottery.order import derive_seed
 from lottery.pruning.prune import allowed_by_pattern, keep_top
@@ -157,12 +158,12 @@ def _init_scores(method: str, a: ArmInputs, inverted: bool) -> Weights:
     names = sorted(a.reference)
     if method == "init-magnitude":
         scores = {n: a.init()[n].abs() for n in names}
-    else:
+    else:  # a function of θ0 and the trial's sample alone: computed once per trial, whatever asks
         probe = a.probe()
         if method == "snip":
-            scores = snip(probe.loss, a.init(), names)
+            scores = probe.remember("snip", lambda: snip(probe.loss, a.init(), names))
         else:
-            scores = grasp(lambda p: probe.loss(p, GRASP_TEMPERATURE), a.init(), names)
+            scores = probe.remember("grasp", lambda: grasp(lambda p: probe.loss(p, GRASP_TEMPERATURE), a.init(), names))
     return {n: -s for n, s in scores.items()} if inverted else scores
 
 
@@ -241,7 +242,8 @@ def early_bird(trajectory: list[tuple[int, Weights]], reference: Mask, pattern: 
                 return mask, {"iteration": iteration, "found": True, "distances": trace}
         masks.append((iteration, mask))
     if not masks:
-        raise ValueError("the early-bird arm needs the dense network's trajectory, which this run did not keep")
+        raise UserError("the early-bird arm needs the dense network's weights at each evaluation, which this run's "
+                        "level 0 did not keep (it trained without the arm): start a new run with it, or drop it")
     return masks[-1][1], {"iteration": masks[-1][0], "found": False, "distances": trace}
 
 

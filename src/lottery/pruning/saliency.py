@@ -104,6 +104,13 @@ class InitProbe:
     def __init__(self, model: torch.nn.Module, x: torch.Tensor | None, y: torch.Tensor | None,
                  input_shape: tuple[int, ...], features: Callable[[torch.Tensor], torch.Tensor] = lambda t: t) -> None:
         self.model, self.x, self.y, self.input_shape, self.features = model, x, y, input_shape, features
+        self._remembered: dict[str, Scores] = {}
+
+    def remember(self, key: str, compute: Callable[[], Scores]) -> Scores:
+        """Scores that depend on θ0 and this probe's sample only (SNIP, GraSP): computed once."""
+        if key not in self._remembered:
+            self._remembered[key] = compute()
+        return self._remembered[key]
 
     def loss(self, params: Params, temperature: float = 1.0) -> torch.Tensor:
         """Cross-entropy of the logits divided by `temperature` (GraSP's code uses 200)."""
