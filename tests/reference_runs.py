@@ -64,6 +64,8 @@ def cases() -> dict[str, dict]:
     lenet.trials, lenet.arms = 2, ["imp", "random"]
     lenet.train.iterations, lenet.train.eval_every = 60, 20
     lenet.prune.levels = 1
+    for config in (every_arm, rewound, conv, lenet):
+        config.train.eval_examples = 0  # whole sets, as the fixture's code evaluated (lottery.training.eval_sets)
     return {"mlp-every-arm": {"config": every_arm}, "mlp-sgd-rewind-k20": {"config": rewound},
             "convbn-user-model": {"config": conv, "model_fn": ConvBN1d}, "lenet300-mnist": {"config": lenet}}
 

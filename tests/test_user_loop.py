@@ -83,6 +83,7 @@ def test_the_user_loop_finds_the_builtin_trainers_masks_and_results_on_lenet(tmp
     config = lottery.get_preset("lenet300-mnist")
     config.trials, config.arms = 1, ["imp"]
     config.train.iterations, config.train.eval_every, config.train.test_curves = 40, 10, True
+    config.train.eval_examples = 0  # whole sets, as the user loop below evaluates (lottery.training.eval_sets)
     config.prune.levels = 1
     builtin = lottery.find_tickets(config, tmp_path / "builtin", data=mnist, options=lottery.RunOptions(progress=False))
     model_fn = lambda: lottery.build_model(config.model, mnist.input_shape, mnist.num_classes)  # noqa: E731

@@ -10,7 +10,7 @@ from pathlib import Path
 from statistics import mean
 from typing import TYPE_CHECKING
 
-from lottery.config import RunConfig, apply_overrides, scale_schedule, set_value
+from lottery.config import RunConfig, TrainConfig, apply_overrides, scale_schedule, set_value
 from lottery.validation import validate
 from lottery.errors import UserError
 
@@ -239,7 +239,8 @@ def _find(args: argparse.Namespace) -> None:
     if not leader:
         return
     print(summary_table(run_dir))
-    for note in (late_stop_note(run_dir, config.train.iterations), diverged_note(run_dir)):
+    for note in (late_stop_note(run_dir, config.train.iterations), diverged_note(run_dir),
+                 sampled_sets_note(run_dir, config.train)):
         if note:
             print(note)
     if args.report:
@@ -275,6 +276,21 @@ def late_stop_note(run_dir: Path, iterations: int, share: float = 0.1) -> str | 
         return None
     return (f"note: {len(late)} of {len(rows)} networks reached early stop in the last {share:.0%} of the "
             f"{iterations:,} iterations, so they may still be learning; consider more --iterations")
+
+
+def sampled_sets_note(run_dir: Path, train: TrainConfig) -> str | None:
+    """Says so when a short run's accuracies were measured on samples of the sets (lottery.training.eval_sets)."""
+    from lottery.storage.results import read_results
+
+    if train.eval_examples == 0:
+        return None
+    cap = train.iterations * train.batch_size if train.eval_examples == -1 else train.eval_examples
+    rows = [r for r in read_results(run_dir) if r["test_examples"] is not None]
+    if not any(cap in (r["val_examples"], r["test_examples"]) for r in rows):
+        return None
+    return (f"note: each network trained on {cap:,} examples or fewer, so each evaluation used a fixed sample of at "
+            f"most {cap:,} examples of each set (validation {rows[0]['val_examples']:,}, test "
+            f"{rows[0]['test_examples']:,}; results.csv says so); --set train.eval_examples=0 evaluates whole sets")
 
 
 def diverged_note(run_dir: Path) -> str | None:

@@ -31,6 +31,7 @@ class ModelConfig:
     hidden: list[int] = field(default_factory=lambda: [100, 100])  # used by `mlp`; fixed for named nets
     dropout: float = 0.0  # dropout rate on hidden activations during training (the paper's Section 4)
     depth: int = 0  # `resnet` only: 6n + 2 layers (0: 20)
+    dropedge: float = 0.0  # `gcn` only: each kept edge dropped with this probability in training (DropEdge)
 
 
 @dataclass
@@ -55,6 +56,10 @@ class TrainConfig:
     # final_train_accuracy on this many training examples (a fixed sample, the same for every network), so
     # that a short run's last evaluation does not dwarf its training; 0: all of them. results.csv says which.
     train_accuracy_examples: int = 10_000
+    # Examples of each set (validation, test, the training sample) every evaluation uses: -1, as many as
+    # the network trains on (iterations x batch_size), so a smoke run costs what its iterations cost; 0, whole
+    # sets; N, at most N. Runs of >= |set| / batch iterations see whole sets either way (lottery.training.eval_sets).
+    eval_examples: int = -1
     # builtin: lottery's stacked trainer with the fields above; user: the user's own loop trains every network
     # (lottery.IMP), and `described` is how the user describes that training (JSON, part of the run hash).
     loop: str = "builtin"
@@ -72,6 +77,7 @@ class PruneConfig:
     rate_hidden: float = 0.2  # fraction of the remaining weights pruned per level, hidden layers
     rate_output: float = 0.1  # the same for the output layer
     rate_conv: float = -1.0  # the same for convolutions; -1: the hidden (fully-connected) rate
+    rate_edge: float = 0.0  # the same for a graph's edges (a GCN's edge weights); 0: the graph is never pruned
     ignore: list[str] = field(default_factory=list)  # prunable tensors never pruned
     rewind_iteration: int = 0  # 0: reset to θ0 (the paper); k > 0: rewind to θk
     # How a pruned ticket is retrained (lottery.procedure.tickets): rewind (weights to θk, schedule from k),
@@ -104,12 +110,13 @@ class RunConfig:
     # directories keep their names (and resume) when the field appears.
     HASHED_UNLESS: typing.ClassVar[dict[str, Any]] = {"model.dropout": 0.0, "data.permute_fraction": 0.0,
                                                       "data.rotate_degrees": 0.0, "data.classes": [],
-                                                      "data.augment": "none", "data.speakers_out": "", "prune.rate_conv": -1.0,
-                                                      "model.depth": 0,
+                                                      "data.augment": "none", "data.speakers_out": "", "prune.rate_conv": -1.0, "prune.rate_edge": 0.0,
+                                                      "model.depth": 0, "model.dropedge": 0.0,
                                                       "train.batching": "auto", "prune.retrain": "rewind",
                                                       "prune.finetune_lr": 0.0, "prune.rewind_optimizer": False,
                                                       "prune.pattern": "", "train.loop": "builtin",
                                                       "train.train_accuracy_examples": 10_000,
+                                                      "train.eval_examples": -1,
                                                       "train.described": ""}
 
     def to_dict(self) -> dict[str, Any]:

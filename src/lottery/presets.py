@@ -46,6 +46,25 @@ def _mnist1d_mlp() -> RunConfig:
     )
 
 
+def _gcn(dataset: str, preset: str, hidden: int, train_nodes: int) -> RunConfig:
+    # Kipf & Welling (2017): 2-layer GCN, dropout 0.5, Adam 0.01, weight decay 5e-4, 200 epochs (full batch:
+    # one iteration is one epoch over the labelled nodes), the Planetoid split (500 validation nodes);
+    # test accuracy at the minimum validation loss. Graph lottery tickets (Chen et al. 2021, UGS): 20% of
+    # the remaining weights and 5% of the remaining edges pruned per level, 20 levels (to 1.2% of the
+    # weights and 35.8% of the edges); 10 seeds (seconds each). Controls: reinit, random (weights and edges),
+    # random-edges (the ticket's weights, a random graph of its size).
+    return RunConfig(
+        preset=preset,
+        trials=10,
+        arms=["imp", "reinit", "random", "random-edges"],
+        data=DataConfig(dataset=dataset, val_size=500),
+        model=ModelConfig(name="gcn", hidden=[hidden], dropout=0.5),
+        train=TrainConfig(optimizer="adam", lr=0.01, weight_decay=5e-4, batch_size=train_nodes, iterations=200,
+                          eval_every=1),
+        prune=PruneConfig(levels=20, rate_hidden=0.2, rate_output=0.2, rate_edge=0.05),
+    )
+
+
 def _lenet300_paper(dataset: str, preset: str) -> RunConfig:
     # The paper's full evidence: 5 trials, the ticket and its random reinitialization at every level,
     # 18 levels (down to 1.9% of the weights).
@@ -111,6 +130,8 @@ def _fsdd(model: ModelConfig, preset: str, lr: float, iterations: int, levels: i
     )
 
 
+GRAPH = ("Kipf & Welling (ICLR 2017) training; Chen et al. (ICML 2021, UGS) pruning rates; graph ticket controls "
+         "from this project")
 SPEECH = "this project (lottery-ticket protocol of Frankle & Carbin 2019 on the Free Spoken Digit Dataset)"
 EPOCH_128 = 391  # iterations per epoch at batch 128 over CIFAR-10's 50,000 training images
 MODERN = "open_lth's CIFAR defaults (Frankle et al., ICML 2020: rewinding)"
@@ -186,6 +207,19 @@ PRESETS: dict[str, Preset] = {
 }
 
 PRESETS.update({
+    "gcn-cora": Preset(
+        "graph tickets: 2-layer GCN (hidden 16) on the Cora citation graph, Kipf & Welling's training, prune 20% of "
+        "weights and 5% of citations per level, 20 levels, imp + reinit + random + random-edges, 10 trials; minutes",
+        lambda: _gcn("cora", "gcn-cora", 16, 140), GRAPH),
+    "gcn-citeseer": Preset(
+        "graph tickets: the same on the CiteSeer citation graph",
+        lambda: _gcn("citeseer", "gcn-citeseer", 16, 120), GRAPH),
+    "gcn512-cora": Preset(
+        "graph tickets: gcn-cora with UGS's hidden width 512 (Chen et al. 2021)",
+        lambda: _gcn("cora", "gcn512-cora", 512, 140), GRAPH),
+    "gcn512-citeseer": Preset(
+        "graph tickets: gcn-citeseer with UGS's hidden width 512 (Chen et al. 2021)",
+        lambda: _gcn("citeseer", "gcn512-citeseer", 512, 120), GRAPH),
     "fsdd-cnn": Preset(
         "speech: keyword-spotting CNN (3 conv + BN, 23.8K weights) on FSDD log-mel spectrograms, Adam 1e-3, "
         "batch 32, 1,000 iterations, imp + reinit + random, 3 trials, 14 levels (to 4.9%)",

@@ -7,7 +7,7 @@ from lottery.config import RETRAINS, RunConfig
 from lottery.data import DATASETS
 from lottery.data.augment import AUGMENTATIONS
 from lottery.errors import UserError
-from lottery.models import MODELS
+from lottery.models import GRAPH_MODELS, MODELS
 from lottery.pruning.arms import ARMS
 from lottery.pruning.criteria import CRITERIA
 from lottery.pruning.prune import parse_pattern
@@ -38,8 +38,10 @@ def validate(config: RunConfig) -> None:
         (not (p.one_shot and "one-shot" in config.arms), "the one-shot arm is for iterative runs; --one-shot runs are one-shot already"),
         (p.criterion in CRITERIA, f"unknown criterion {p.criterion!r}; known: {', '.join(CRITERIA)}"),
         (p.scope in ("layerwise", "global"), f"scope must be layerwise or global, got {p.scope!r}"),
-        (0 < p.rate_hidden < 1, f"prune.rate_hidden must be in (0, 1), got {p.rate_hidden}"),
+        (0 < p.rate_hidden < 1 or (p.rate_hidden == 0 and p.rate_edge > 0),
+         f"prune.rate_hidden must be in (0, 1) (0 only to prune a graph's edges alone), got {p.rate_hidden}"),
         (0 <= p.rate_output < 1, f"prune.rate_output must be in [0, 1), got {p.rate_output}"),
+        (0 <= p.rate_edge < 1, f"prune.rate_edge must be in [0, 1), got {p.rate_edge}"),
         (p.rate_conv == -1 or 0 < p.rate_conv < 1,
          f"prune.rate_conv must be in (0, 1), or -1 for the hidden rate, got {p.rate_conv}"),
         (p.rewind_iteration >= 0, f"rewind iteration must be 0 or more, got {p.rewind_iteration}"),
@@ -56,7 +58,13 @@ def validate(config: RunConfig) -> None:
         (config.data.dataset in DATASETS, f"unknown dataset {config.data.dataset!r}; known: {', '.join(DATASETS)}"),
         (config.data.augment in AUGMENTATIONS,
          f"data.augment must be one of {', '.join(AUGMENTATIONS)}, got {config.data.augment!r}"),
-        (config.model.name in MODELS, f"unknown model {config.model.name!r}; known: {', '.join(MODELS)}"),
+        (config.model.name in MODELS or config.model.name in GRAPH_MODELS,
+         f"unknown model {config.model.name!r}; known: {', '.join([*MODELS, *GRAPH_MODELS])}"),
+        (0 <= config.model.dropedge < 1, f"model.dropedge must be in [0, 1), got {config.model.dropedge}"),
+        (config.model.name in GRAPH_MODELS or ("random-edges" not in config.arms and not p.rate_edge
+                                               and not config.model.dropedge),
+         f"the random-edges arm, prune.rate_edge and model.dropedge are for graph models ({', '.join(GRAPH_MODELS)}); "
+         f"{config.model.name} has no edges"),
         (0 <= config.model.dropout < 1, f"model.dropout must be in [0, 1), got {config.model.dropout}"),
         (config.model.depth == 0 or (config.model.depth >= 8 and (config.model.depth - 2) % 6 == 0),
          f"model.depth must be 6n + 2 (20, 32, 44, 56, 110, ...) or 0, got {config.model.depth}"),
@@ -75,6 +83,8 @@ def validate(config: RunConfig) -> None:
         (t.batching in ("auto", "loop", "vmap"), f"train.batching must be auto, loop or vmap, got {t.batching!r}"),
         (t.train_accuracy_examples >= 0,
          f"train.train_accuracy_examples must be 0 (all) or more, got {t.train_accuracy_examples}"),
+        (t.eval_examples >= -1,
+         f"train.eval_examples must be -1 (as many as trained on), 0 (all) or more, got {t.eval_examples}"),
         (0 <= p.rewind_iteration < t.iterations,
          f"rewind iteration must be in [0, iterations={t.iterations}), got {p.rewind_iteration}"),
         ((p.finetune_lr > 0) == (p.retrain == "finetune"),

@@ -13,6 +13,8 @@ from lottery.data.cifar10 import load_cifar10
 from lottery.data.fsdd import load_fsdd
 from lottery.data.idx import load_fashion_mnist, load_mnist
 from lottery.data.mnist1d import load_mnist1d
+from lottery.data.graph import Graph
+from lottery.data.planetoid import load_citeseer, load_cora
 from lottery.data.raw import RawSplits
 from lottery.data.shifts import apply_shifts
 
@@ -32,6 +34,8 @@ class Dataset:
     pixels: tuple[float, float] | None = None  # (mean, std): pixel = x * std + mean lies in [0, 1]; None: no pixel space
     # uint8 images (CIFAR-10) stay uint8 in memory; `features` normalizes a batch per channel on the fly.
     channel_normalization: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+    # Node classification (Cora, CiteSeer): the examples are node indices of this graph, which the model holds.
+    graph: Graph | None = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -53,12 +57,13 @@ class Dataset:
             return self
         splits = {k: getattr(self, k) for k in ("y_train", "y_val", "y_test")}
         xs = {k: self.features(getattr(self, k)) for k in ("x_train", "x_val", "x_test")}
-        return Dataset(self.name, num_classes=self.num_classes, pixels=None, **xs, **splits)
+        return Dataset(self.name, num_classes=self.num_classes, pixels=None, graph=self.graph, **xs, **splits)
 
     def to(self, device: torch.device | str) -> "Dataset":
         moved = {k: getattr(self, k).to(device) for k in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")}
         return Dataset(self.name, num_classes=self.num_classes, pixels=self.pixels,
-                       channel_normalization=self.channel_normalization, **moved)
+                       channel_normalization=self.channel_normalization,
+                       graph=self.graph.to(device) if self.graph is not None else None, **moved)
 
 
 DatasetLoader = Callable[[Path], RawSplits]
@@ -69,6 +74,8 @@ DATASETS: dict[str, DatasetLoader] = {
     "fashion-mnist": load_fashion_mnist,
     "cifar10": load_cifar10,
     "fsdd": load_fsdd,
+    "cora": load_cora,
+    "citeseer": load_citeseer,
 }
 
 
@@ -111,9 +118,15 @@ def load_dataset(
     raw = load_fsdd(folder, speakers_out) if speakers_out else DATASETS[name](folder)
     raw = apply_shifts(raw, permute_fraction, rotate_degrees, classes, seed=split_seed)
     size = raw.default_val_size if val_size < 0 else val_size
-    x_train, y_train, x_val, y_val = split_validation(raw.x_train, raw.y_train, size, split_seed)
+    if raw.x_val is not None:  # the dataset's own validation split
+        if size != len(raw.x_val):
+            raise UserError(f"{name} has a fixed validation split of {len(raw.x_val)} examples; data.val_size must be "
+                            f"{len(raw.x_val)} or -1, got {val_size}")
+        x_train, y_train, x_val, y_val = raw.x_train, raw.y_train, raw.x_val, raw.y_val
+    else:
+        x_train, y_train, x_val, y_val = split_validation(raw.x_train, raw.y_train, size, split_seed)
     return Dataset(name, x_train, y_train, x_val, y_val, raw.x_test, raw.y_test, raw.num_classes,
-                   raw.pixels, raw.channel_normalization).to(device)
+                   raw.pixels, raw.channel_normalization, raw.graph).to(device)
 
 
 def load_data(config: "DataConfig", data_dir: Path | str | None = None) -> Dataset:  # noqa: F821
@@ -123,4 +136,4 @@ def load_data(config: "DataConfig", data_dir: Path | str | None = None) -> Datas
                         classes=list(config.classes), speakers_out=config.speakers_out)
 
 
-__all__ = ["DATASETS", "Dataset", "RawSplits", "default_data_dir", "load_data", "load_dataset", "split_validation"]
+__all__ = ["DATASETS", "Dataset", "Graph", "RawSplits", "default_data_dir", "load_data", "load_dataset", "split_validation"]

@@ -4,6 +4,8 @@ from dataclasses import dataclass
 
 import torch
 
+from lottery.data.graph import Graph
+
 
 @dataclass
 class RawSplits:
@@ -19,3 +21,7 @@ class RawSplits:
     pixels: tuple[float, float] | None = None  # (mean, std): pixel = x * std + mean lies in [0, 1]
     # uint8 images normalized on the fly: per-channel (means, stds) of pixels in [0, 1]; None: x is float
     channel_normalization: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+    # A fixed validation split (Planetoid's 500 nodes) instead of one held out of the training examples.
+    x_val: torch.Tensor | None = None
+    y_val: torch.Tensor | None = None
+    graph: Graph | None = None  # node classification: the examples are node indices of this graph

@@ -38,6 +38,11 @@ def rotate(x: torch.Tensor, degrees: float, pixels: tuple[float, float]) -> torc
 
 def apply_shifts(raw: RawSplits, permute_fraction: float = 0.0, rotate_degrees: float = 0.0,
                  classes: list[int] | None = None, seed: int = 0) -> RawSplits:
+    if raw.graph is not None:  # node indices of a graph: none of these shifts has a meaning there
+        if classes or rotate_degrees or permute_fraction:
+            raise UserError("data.classes, data.rotate_degrees and data.permute_fraction are for feature and image "
+                            "datasets, not for a graph's nodes")
+        return raw
     x_train, y_train, x_test, y_test = raw.x_train, raw.y_train, raw.x_test, raw.y_test
     if classes:
         if len(set(classes)) != len(classes) or len(classes) < 2 or not all(0 <= c < raw.num_classes for c in classes):

@@ -14,7 +14,7 @@ from lottery.config import DataConfig, ModelConfig
 from lottery.data import Dataset, load_data
 from lottery.errors import UserError
 from lottery.deploy.export import Ticket, Weights, load_ticket, read_ticket
-from lottery.models import MODELS, build_model
+from lottery.models import GRAPH_MODELS, MODELS, build_model
 
 
 def masked_and_compact(ticket: Ticket, model: nn.Module, example: torch.Tensor,
@@ -66,16 +66,16 @@ def model_for(ticket: Ticket, data_dir: Path | str | None = None) -> tuple[Calla
     and classes the ticket recorded, with no dataset needed (nor a download)."""
     spec = {k: v for k, v in ticket.info["model"].items() if k != "class"}
     recorded = ticket.info["model"].get("class") or ""
-    if spec.get("name") not in MODELS or not recorded.startswith("lottery.models."):
+    if spec.get("name") not in {**MODELS, **GRAPH_MODELS} or not recorded.startswith("lottery.models."):
         raise UserError(f"this ticket was made with your own module ({recorded or 'unknown'}): load it from Python, "
                         f"lottery.load_ticket(FILE, YourModel())")
     config = ModelConfig(**spec)
     inputs = ticket.info.get("inputs")
-    if data_dir is None and inputs:
+    if data_dir is None and inputs and spec["name"] not in GRAPH_MODELS:  # a graph model is built around its data
         shape, classes = tuple(inputs["input_shape"]), int(inputs["num_classes"])
         return (lambda: build_model(config, shape, classes)), None
     data = load_data(DataConfig(**{k: v for k, v in ticket.info["data"].items()}), data_dir)
-    return (lambda: build_model(config, data.input_shape, data.num_classes)), data
+    return (lambda: build_model(config, data.input_shape, data.num_classes, data.graph)), data
 
 
 def example_inputs(ticket: Ticket, data: Dataset | None, count: int = 256) -> torch.Tensor:

@@ -89,7 +89,7 @@ def _transfer(sources: list[Path | str], target: DataConfig | None, *, against: 
     if against is None:
         # Check the tickets fit a model on the target data before spending a whole target run on it.
         data = load_data(target, data_dir)
-        shapes = {n: p.shape for n, p in build_model(first.config.model, data.input_shape, data.num_classes)
+        shapes = {n: p.shape for n, p in build_model(first.config.model, data.input_shape, data.num_classes, data.graph)
                   .named_parameters()}
         _check_fit(runs, shapes)
         config = copy(first.config)

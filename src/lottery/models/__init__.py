@@ -7,7 +7,9 @@ from collections.abc import Callable
 from torch import nn
 
 from lottery.config import ModelConfig
+from lottery.data.graph import Graph
 from lottery.models.conv import PLANS, ConvNet
+from lottery.models.gcn import GCN
 from lottery.models.kws import KeywordCNN
 from lottery.models.mlp import MLP
 from lottery.models.prunable import PRUNABLE_TYPES, describe_prunable, prunable_roles
@@ -72,7 +74,22 @@ MODELS: dict[str, ModelBuilder] = {
     "kws-cnn": _kws_cnn,
 }
 
-def build_model(config: ModelConfig, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
+# Models of a graph's nodes: built around the dataset's graph (`build_model(..., graph=data.graph)`).
+GRAPH_MODELS: dict[str, Callable[[ModelConfig, Graph, int], nn.Module]] = {
+    "gcn": lambda config, graph, classes: GCN(graph, list(config.hidden), classes, config.dropout, config.dropedge),
+}
+
+
+def build_model(config: ModelConfig, input_shape: tuple[int, ...], num_classes: int,
+                graph: Graph | None = None) -> nn.Module:
+    from lottery.errors import UserError
+
+    if config.name in GRAPH_MODELS:
+        if graph is None:
+            raise UserError(f"{config.name} classifies a graph's nodes; it needs a graph dataset (cora, citeseer)")
+        return GRAPH_MODELS[config.name](config, graph, num_classes)
+    if graph is not None:
+        raise UserError(f"the data is a graph's nodes; {config.name} is not a graph model (known: {', '.join(GRAPH_MODELS)})")
     return MODELS[config.name](config, input_shape, num_classes)
 
 
@@ -83,5 +100,5 @@ def parameter_names(model: nn.Module) -> dict[str, str]:
     return {n: canonical[id(p)] for n, p in model.named_parameters(remove_duplicate=False)}
 
 
-__all__ = ["ConvNet", "KeywordCNN", "MLP", "ResNet", "VGG", "MODELS", "build_model", "parameter_names", "prunable_roles",
+__all__ = ["ConvNet", "GCN", "GRAPH_MODELS", "KeywordCNN", "MLP", "ResNet", "VGG", "MODELS", "build_model", "parameter_names", "prunable_roles",
            "describe_prunable", "PRUNABLE_TYPES"]

@@ -1,4 +1,4 @@
-"""Which tensors of a model are prunable, and of which kind ("conv", "hidden" or "output").
+"""Which tensors of a model are prunable, and of which kind ("conv", "hidden", "output" or "edge").
 
 The default: the weights that feed a matrix product or a convolution. That is the weight of every Linear
 and Conv layer, an attention layer's input projections (`nn.MultiheadAttention.in_proj_weight`; its output
@@ -6,6 +6,7 @@ projection is a Linear), every RNN/LSTM/GRU weight matrix (`weight_ih_l0`, `weig
 `nn.Parameter` of two or more dimensions that the forward uses in a product (`x @ self.w.T`, found by
 tracing one forward when example inputs are given). Never norms, biases or embeddings, unless asked:
 `include` takes fnmatch patterns over parameter names or a predicate (name, parameter) -> bool.
+A module may declare more, with their kind: `extra_prunable = {"edge_weight": "edge"}` (lottery.models.gcn).
 
 Chosen by module type and use, never by name: BatchNorm scales and biases are also called `weight`/`bias`.
 The last prunable tensor in registration order is the output layer. A weight tied between layers is one
@@ -92,6 +93,7 @@ def prunable_roles(model: nn.Module, include: Include = None, example: torch.Ten
     of two or more dimensions outside embeddings and norms is taken."""
     canonical = {id(p): n for n, p in model.named_parameters()}
     chosen: list[tuple[str, str]] = []  # (canonical name, kind), in registration order
+    extras: list[tuple[str, str]] = []  # declared by their modules (`extra_prunable`), never the output layer
     if include is not None:
         matches = (include if callable(include)
                    else lambda name, _p: any(fnmatch.fnmatchcase(name, pattern) for pattern in include))
@@ -107,6 +109,12 @@ def prunable_roles(model: nn.Module, include: Include = None, example: torch.Ten
                     used = _used_in_products(model, example)
                 local = [n for n in raw if used is None or id(getattr(module, n)) in used]
             chosen += [(canonical[id(getattr(module, n))], _kind(module)) for n in local]
+    # What a module declares prunable besides its product weights, of its own kind (a GCN's edge weights).
+    for module in model.modules():
+        for local, kind in getattr(module, "extra_prunable", {}).items():
+            name = canonical[id(getattr(module, local))]
+            if name not in dict(chosen):
+                extras.append((name, kind))
     if not chosen:
         raise ValueError("the model has no weights to prune (no Linear, Conv, attention or RNN weight, and no "
                          "matrix parameter used in a product); name them with `include`")
@@ -115,6 +123,7 @@ def prunable_roles(model: nn.Module, include: Include = None, example: torch.Ten
         kind = "output" if i == len(chosen) - 1 else kind
         if name not in roles or kind == "output":
             roles[name] = kind
+    roles.update(extras)
     return roles
 
 

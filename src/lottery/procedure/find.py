@@ -71,7 +71,7 @@ def find_tickets(config: RunConfig, run_dir: Path | str, *, model_fn: ModelFn | 
     data = data.to(options.device)
     if model_fn is None:
         spec = config.model
-        model_fn = lambda: build_model(spec, data.input_shape, data.num_classes)  # noqa: E731
+        model_fn = lambda: build_model(spec, data.input_shape, data.num_classes, data.graph)  # noqa: E731
     model = model_fn().to(options.device)
     check_model_output(model, data.features(data.x_train[:2]), data.num_classes)
     if config.train.batching == "vmap" and config.train.precision == "bf16" and any(True for _ in model.buffers()):

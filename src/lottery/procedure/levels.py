@@ -80,6 +80,9 @@ class Procedure:
         self.track_path = needs_path(config.prune.criterion)
         self.tickets = Tickets(config, store, model_fn, roles, device, self.track_path, probe_for)
         self.lineage = LineageCheck(store, list(config.arms), bool(config.prune.one_shot))
+        # A graph model's edges are counted apart from its weights, with the MACs of a whole-graph forward.
+        self.edge_names = [n for n, kind in roles.items() if kind == "edge"]
+        self.macs_of = getattr(model_fn(), "inference_macs", None) if self.edge_names else None
 
     # --- the level loop -------------------------------------------------------------------------------
     def rounds(self) -> Iterator[list[NetworkId]]:
@@ -164,12 +167,23 @@ class Procedure:
         self.lineage.forget(final_path)
         if curves is not None:
             save_csv(self.store.curves_path(trial, level, arm), curves, ["iteration", *(curve_columns or [])])
-        kept, total = masks_lib.count(mask)
+        kept, total = masks_lib.count({n: m for n, m in mask.items() if n not in self.edge_names})
         save_json(self.store.metrics_path(trial, level, arm), {
             "arm": arm, "trial": trial, "level": level,
             "percent_remaining": 100.0 * kept / total, "weights_remaining": kept, "prunable_weights": total,
-            "mask_digest": tensor_digest(mask), **(extra or {}), **metrics,
+            **self.graph_counts(mask), "mask_digest": tensor_digest(mask), **(extra or {}), **metrics,
         })
+
+    def graph_counts(self, mask: masks_lib.Mask) -> dict[str, float | int]:
+        """For a graph model: edges kept of the graph's (undirected, self-loops not counted), and the MACs
+        of one forward over the whole graph with this mask and with none (lottery.models.gcn)."""
+        if not self.edge_names:
+            return {}
+        kept, total = masks_lib.count({n: mask[n] for n in self.edge_names})
+        macs = {}
+        if self.macs_of is not None:
+            macs = {"macs": self.macs_of(masks_lib.layer_counts(mask)), "dense_macs": self.macs_of({})}
+        return {"edges_remaining": kept, "graph_edges": total, "percent_edges_remaining": 100.0 * kept / total, **macs}
 
     def _found_at(self) -> dict[tuple[str, int, int], int]:
         """The dense-training iteration each early-bird mask was drawn at (recorded with the mask)."""

@@ -89,9 +89,9 @@ class Tickets:
         pattern = parse_pattern(p.pattern)
         if p.one_shot:
             return prune_one_shot(scores, previous, self.roles, p.rate_hidden, p.rate_output, p.one_shot[level - 1],
-                                  p.scope, ignore, conv, pattern), lineage
+                                  p.scope, ignore, conv, pattern, p.rate_edge), lineage
         return prune_round(scores, previous, self.roles, p.rate_hidden, p.rate_output, p.scope, ignore,
-                           conv, pattern), lineage
+                           conv, pattern, p.rate_edge), lineage
 
     def scores(self, trial: int, trained_level: int, names: list[str],
                seed_level: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
@@ -115,6 +115,7 @@ class Tickets:
             dense_scores=once(lambda: self.scores(trial, 0, list(self.roles), seed_level=level)[1]),
             **({"probe": once(lambda: self.probe_for(trial))} if self.probe_for is not None else {}),
             trajectory=once(lambda: self.trajectory(trial)),
+            roles=self.roles,
         )
 
     def trajectory(self, trial: int) -> list[tuple[int, dict[str, torch.Tensor]]]:

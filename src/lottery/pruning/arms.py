@@ -7,6 +7,8 @@ are the paper's controls, each built from the ticket's own mask so that only one
 - init-magnitude: the mask |θ0| picks at the ticket's per-layer counts (pruning before training)
 - one-shot:       the mask the criterion picks from the dense network's trained weights, straight to
                   the ticket's per-layer counts (one-shot pruning beside iterative, same sparsity)
+- random-edges:   graph tickets: the ticket's weights and mask over them, a random graph with the ticket's
+                  number of edges (is the ticket's subgraph better than any subgraph of its size?)
 Each arm is a strategy in a registry (`ARMS`, `register_arm`), like the criteria: what mask it trains under
 and what weights it starts from, given the ticket's. Controls never feed the trunk: the next level's mask
 always comes from the `imp` arm. In an N:M run
@@ -16,7 +18,7 @@ it could have been, not with unstructured ones.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -81,6 +83,7 @@ class ArmInputs:
     # The dense network's weights at each evaluation of its training, [(iteration, weights)] in order
     # (kept when the run has the early-bird arm).
     trajectory: Callable[[], list[tuple[int, Weights]]] = lambda: []
+    roles: Mapping[str, str] = field(default_factory=dict)  # prunable tensor -> kind ("edge": a graph's edges)
 
 
 def _no_probe() -> InitProbe:
@@ -135,6 +138,16 @@ register_arm(Arm("same-sign", "reinit, every weight with the sign of the ticket'
                  start=lambda a: same_sign(a.fresh(), a.start()), found_by="ticket"))
 register_arm(Arm("random", "a random mask with the ticket's per-layer counts, trained from θk",
                  mask=lambda a: random_control_mask(a.reference, a.run_seed, a.trial, a.level, a.pattern)))
+def random_edges(a: ArmInputs) -> Mask:
+    """The ticket's mask over the weights; over the graph's edges, a random one with the ticket's count."""
+    edges = {n: a.reference[n] for n, kind in a.roles.items() if kind == "edge"}
+    if not edges:
+        raise UserError("the random-edges arm is a control for graph models (gcn): this model has no edges to prune")
+    return {**a.reference, **random_mask(edges, derive_seed(a.run_seed, "random-edges", a.trial, a.level))}
+
+
+register_arm(Arm("random-edges", "the ticket's weights, a random graph of the ticket's edge count (graph tickets)",
+                 mask=random_edges))
 register_arm(Arm("init-magnitude", "the mask |θ0| picks at the ticket's per-layer counts (pruning before training)",
                  mask=lambda a: mask_with_counts({n: a.init()[n].abs() for n in a.reference}, a.reference, a.pattern)))
 register_arm(Arm("one-shot", "the mask the criterion picks from the dense network's training, at the ticket's counts",

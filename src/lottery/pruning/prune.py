@@ -85,25 +85,29 @@ def unmatched_patterns(patterns: Iterable[str], names: Iterable[str]) -> list[st
     return [p for p in patterns if not ignored_names([p], names)]
 
 
-KINDS = ("conv", "hidden", "output")  # of prunable tensors: convolutions, fully-connected, the output layer
+# Of prunable tensors: convolutions, fully-connected, the output layer, a graph's edges (a GCN's edge weights).
+KINDS = ("conv", "hidden", "output", "edge")
 POOLED = ("conv", "hidden")  # the kinds a global scope pools under one threshold (rate_hidden)
 
 
-def kind_rates(rate_hidden: float, rate_output: float, rate_conv: float | None = None) -> dict[str, float]:
-    """Rate per kind of prunable tensor; conv layers take the fully-connected rate unless given their own."""
-    return {"hidden": rate_hidden, "output": rate_output, "conv": rate_hidden if rate_conv is None else rate_conv}
+def kind_rates(rate_hidden: float, rate_output: float, rate_conv: float | None = None,
+               rate_edge: float = 0.0) -> dict[str, float]:
+    """Rate per kind of prunable tensor; conv layers take the fully-connected rate unless given their own;
+    edges their own (0: never pruned)."""
+    return {"hidden": rate_hidden, "output": rate_output, "conv": rate_hidden if rate_conv is None else rate_conv,
+            "edge": rate_edge}
 
 
 def prune_round(scores: Mapping[str, torch.Tensor], mask: Mapping[str, torch.Tensor], roles: Mapping[str, str],
                 rate_hidden: float, rate_output: float, scope: str = "layerwise",
                 ignore: tuple[str, ...] | list[str] = (), rate_conv: float | None = None,
-                pattern: tuple[int, int] | None = None) -> Mask:
+                pattern: tuple[int, int] | None = None, rate_edge: float = 0.0) -> Mask:
     """One IMP round: prune its kind's rate of the remaining weights of each tensor (layerwise: conv,
     fully-connected "hidden" and output), or of all conv and hidden tensors together with one threshold
     at `rate_hidden` (global; output tensors keep their own rate). `ignore`d tensors are never pruned.
     With an N:M `pattern` only weights it allows are kept: the first round stops at N/M when the rate asks
     for more; later rounds prune at the rate inside the pattern."""
-    rates = kind_rates(rate_hidden, rate_output, rate_conv)
+    rates = kind_rates(rate_hidden, rate_output, rate_conv, rate_edge)
     new: Mask = {n: m.clone() for n, m in mask.items()}
     active = [n for n in sorted(mask) if n not in ignore]  # name order: sums and ties never follow dict order
     if scope == "global":
@@ -122,11 +126,13 @@ def prune_round(scores: Mapping[str, torch.Tensor], mask: Mapping[str, torch.Ten
 
 def one_shot_fractions(sizes: Mapping[str, int], roles: Mapping[str, str], rate_hidden: float, rate_output: float,
                        percent: float, ignore: tuple[str, ...] | list[str] = (),
-                       rate_conv: float | None = None) -> dict[str, float]:
+                       rate_conv: float | None = None, rate_edge: float = 0.0) -> dict[str, float]:
     """Per-tensor kept fractions that reach `percent` remaining in one step, keeping the per-layer shape of
     the iterative ladder: a tensor of kind k keeps (1 - rate_k)^n, for the real n that hits the target."""
-    target = percent / 100.0 * sum(sizes.values())
-    rates = kind_rates(rate_hidden, rate_output, rate_conv)
+    # The percent counts weights; a graph's edges follow the same real number of rounds at their own rate.
+    weights = {name: size for name, size in sizes.items() if roles[name] != "edge"}
+    target = percent / 100.0 * sum(weights.values())
+    rates = kind_rates(rate_hidden, rate_output, rate_conv, rate_edge)
 
     def kept_fraction(name: str, n: float) -> float:
         if name in ignore:
@@ -134,7 +140,7 @@ def one_shot_fractions(sizes: Mapping[str, int], roles: Mapping[str, str], rate_
         return (1 - rates[roles[name]]) ** n
 
     def kept_at(n: float) -> float:
-        return sum(size * kept_fraction(name, n) for name, size in sizes.items())
+        return sum(size * kept_fraction(name, n) for name, size in weights.items())
 
     low, high = 0.0, 1.0
     while kept_at(high) > target and high < 1e4:
@@ -148,10 +154,10 @@ def one_shot_fractions(sizes: Mapping[str, int], roles: Mapping[str, str], rate_
 def prune_one_shot(scores: Mapping[str, torch.Tensor], mask: Mapping[str, torch.Tensor], roles: Mapping[str, str],
                    rate_hidden: float, rate_output: float, percent: float, scope: str = "layerwise",
                    ignore: tuple[str, ...] | list[str] = (), rate_conv: float | None = None,
-                   pattern: tuple[int, int] | None = None) -> Mask:
+                   pattern: tuple[int, int] | None = None, rate_edge: float = 0.0) -> Mask:
     """Prune straight to `percent` remaining from one trained network (within an N:M `pattern`, if given)."""
     sizes = {n: int(m.sum()) for n, m in sorted(mask.items())}  # sums in name order: no dict-order rounding
-    fractions = one_shot_fractions(sizes, roles, rate_hidden, rate_output, percent, ignore, rate_conv)
+    fractions = one_shot_fractions(sizes, roles, rate_hidden, rate_output, percent, ignore, rate_conv, rate_edge)
     new: Mask = {n: m.clone() for n, m in mask.items()}
     active = [n for n in sorted(mask) if n not in ignore]  # name order: sums and ties never follow dict order
     if scope == "global":

@@ -11,6 +11,8 @@ from statistics import mean
 
 from lottery.reports.claims_table import ClaimResult, ResultsTable, spread
 from lottery.config import RunConfig
+from lottery.models import GRAPH_MODELS
+from lottery.reports.graph_claims import check_graph_claims, graph_protocol_caveats
 from lottery.reports.conv_claims import PAPER_CONV, check_conv_claims, conv_protocol_caveats
 
 PAPER_LADDER = {3: 51.3, 7: 21.1, 9: 13.5, 12: 7.0, 15: 3.6, 16: 2.9, 18: 1.9}
@@ -20,6 +22,8 @@ def check_claims(rows: list[dict], config: RunConfig) -> list[ClaimResult]:
     """The paper's claims for the run's setting: its Conv-2/4/6 claims for those nets on CIFAR-10, else its
     LeNet-300-100 claims (not testable outside lenet300-100 on MNIST)."""
     table = ResultsTable(rows)
+    if config.model.name in GRAPH_MODELS:
+        return check_graph_claims(rows, config)
     if config.model.name in PAPER_CONV and config.data.dataset == "cifar10":
         return check_conv_claims(table, config)
     paper_setting = config.model.name == "lenet300-100" and config.data.dataset == "mnist"
@@ -108,6 +112,8 @@ def _ticket_vs_reinit(table: ResultsTable, why_not: str) -> ClaimResult:
 
 def protocol_caveats(config: RunConfig, trials: int) -> list[str]:
     """Where this run departs from the paper's protocol, so a reader can weigh the verdicts."""
+    if config.model.name in GRAPH_MODELS:
+        return graph_protocol_caveats(config, trials)
     if config.model.name in PAPER_CONV and config.data.dataset == "cifar10":
         return conv_protocol_caveats(config, trials)
     t, notes = config.train, []

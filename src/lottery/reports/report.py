@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lottery.reports.graph_report import graph_section
 from lottery.reports.claims import check_claims, claims_markdown, protocol_caveats
 from lottery.errors import UserError
 from lottery.reports.figures import percent_axis, plt, save_figure, spread
@@ -238,6 +239,7 @@ minimum validation loss; its test accuracy is the one recorded at that same iter
 
 {_table(grouped)}
 
+{graph_section(store, rows, config)}
 ## The paper's claims (`lottery claims`)
 
 {claims}

@@ -91,7 +91,7 @@ def model_and_data(run: FinishedRun, data_dir: Path | str | None = None, *, mode
     data = (data if data is not None else load_data(run.config.data, data_dir)).to(device)
     if model_fn is None:
         spec = run.config.model
-        model_fn = lambda: build_model(spec, data.input_shape, data.num_classes)  # noqa: E731
+        model_fn = lambda: build_model(spec, data.input_shape, data.num_classes, data.graph)  # noqa: E731
     model = model_fn().to(device)
     check_model(run.store, model)
     masks = run.mask(run.trials[0], run.levels[0])

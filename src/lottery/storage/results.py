@@ -13,11 +13,16 @@ RESULT_COLUMNS = [
     "final_test_accuracy", "final_train_accuracy",
 ]
 # Columns added after runs existed: written by every run now, read as None from a row or metrics.json
-# written before them. train_accuracy_examples: how many training examples final_train_accuracy saw; the
+# written before them. train_accuracy_examples, val_examples, test_examples: how many examples of each set
+# the accuracies were measured on (lottery.training.eval_sets: a short run's are samples); the
 # cost ledger's columns (lottery.storage.ledger): train_iterations, train_flops (dense FLOPs the built-in
-# trainer computed; empty for a user's loop), and cost_to_find and cost_total in dense training runs.
-LATER_COLUMNS = ["train_accuracy_examples", "train_iterations", "train_flops", "cost_to_find", "cost_total"]
-LATER_FLOATS = {"cost_to_find", "cost_total"}
+# trainer computed; empty for a user's loop), and cost_to_find and cost_total in dense training runs;
+# for a graph model (lottery.models.gcn), its edges kept of the graph's (weights_remaining then counts
+# weights only) and the MACs of a whole-graph forward, with the mask and dense; empty for other models.
+LATER_COLUMNS = ["train_accuracy_examples", "train_iterations", "train_flops", "cost_to_find", "cost_total",
+                 "val_examples", "test_examples", "edges_remaining", "graph_edges", "percent_edges_remaining",
+                 "macs", "dense_macs"]
+LATER_FLOATS = {"cost_to_find", "cost_total", "percent_edges_remaining"}
 
 
 def collect_results(store: RunStore, trials: list[int], levels: list[int], arms: tuple[str, ...] = ("imp",)) -> list[dict[str, Any]]:

@@ -39,8 +39,10 @@ def unflatten_state(tensors: dict[str, torch.Tensor], prefix: str = "") -> Optim
 class ReplicaOptimizer:
     """`cfg.optimizer` (adam | sgd) over stacked parameters [R, ...]; `lr` is set before each step."""
 
-    def __init__(self, cfg: TrainConfig, params: list[torch.Tensor]) -> None:
+    def __init__(self, cfg: TrainConfig, params: list[torch.Tensor], decayed: list[bool] | None = None) -> None:
+        """`decayed`: per parameter, whether weight decay applies (None: to all)."""
         self.cfg, self.params = cfg, params
+        self._decayed = decayed if decayed is not None and not all(decayed) else None
         self.lr = cfg.lr
         self.fused = params[0].device.type in ("cpu", "cuda") and all(p.dtype == torch.float32 for p in params)
         self.steps_taken = 0
@@ -67,20 +69,32 @@ class ReplicaOptimizer:
     def step(self, grads: list[torch.Tensor] | None = None) -> None:
         """One step; `grads` (replica slices in parameter-major order, like the parameters') default to
         the slices of each stacked parameter's .grad."""
-        params = self._param_slices
         grads = grads if grads is not None else self._slices([p.grad for p in self.params])
+        if self._decayed is None:
+            self._step(list(range(len(self._param_slices))), grads, self.cfg.weight_decay)
+        else:  # two groups, as torch's param_groups: each replica slice's update is its own either way
+            rows = [d for d, p in zip(self._decayed, self.params) for _ in range(p.shape[0])]
+            for flag, decay in ((True, self.cfg.weight_decay), (False, 0.0)):
+                chosen = [i for i, r in enumerate(rows) if r == flag]
+                if chosen:
+                    self._step(chosen, [grads[i] for i in chosen], decay)
+        self.steps_taken += 1
+
+    def _step(self, chosen: list[int], grads: list[torch.Tensor], weight_decay: float) -> None:
+        params = [self._param_slices[i] for i in chosen]
         kind = {"fused": True} if self.fused else {"foreach": True}
         if self.cfg.optimizer == "adam":
-            adam_step(params, grads, self._buffer_slices["exp_avg"], self._buffer_slices["exp_avg_sq"],
-                      [], self._counters, amsgrad=False, beta1=ADAM_BETAS[0], beta2=ADAM_BETAS[1], lr=self.lr,
-                      weight_decay=self.cfg.weight_decay, eps=ADAM_EPS, maximize=False, **kind)
+            exp_avg, exp_avg_sq = ([self._buffer_slices[b][i] for i in chosen] for b in ("exp_avg", "exp_avg_sq"))
+            adam_step(params, grads, exp_avg, exp_avg_sq, [], [self._counters[i] for i in chosen], amsgrad=False,
+                      beta1=ADAM_BETAS[0], beta2=ADAM_BETAS[1], lr=self.lr, weight_decay=weight_decay, eps=ADAM_EPS,
+                      maximize=False, **kind)
         else:
-            momentum = self._buffer_slices.get("momentum") or [None] * len(params)
+            momentum = ([self._buffer_slices["momentum"][i] for i in chosen] if "momentum" in self._buffer_slices
+                        else [None] * len(params))
             # Zero-initialized buffers give buf = grad on the first step, as torch.optim.SGD does.
-            sgd_step(params, grads, momentum, weight_decay=self.cfg.weight_decay, momentum=self.cfg.momentum,
+            sgd_step(params, grads, momentum, weight_decay=weight_decay, momentum=self.cfg.momentum,
                      lr=self.lr, dampening=0.0, nesterov=self.cfg.nesterov and self.cfg.momentum > 0,
                      maximize=False, **kind)
-        self.steps_taken += 1
 
     def zero_grad(self) -> None:
         for p in self.params:

@@ -95,7 +95,10 @@ class ReplicaStack:
         if self.mask_names:
             with torch.no_grad():
                 torch._foreach_mul_([self.params[n] for n in self.mask_names], [self.masks[n] for n in self.mask_names])
-        self.optimizer = ReplicaOptimizer(cfg, list(self.params.values()))
+        # A model may name the only parameters weight decay applies to (Kipf & Welling's GCN: the first layer).
+        decayed = getattr(model, "decayed_parameters", None)
+        self.optimizer = ReplicaOptimizer(cfg, list(self.params.values()),
+                                          None if decayed is None else [n in decayed for n in self.params])
         if any(r.optimizer is not None for r in replicas):
             self._start_optimizer(replicas)
         # Path length Σt |θt+1 − θt| of every prunable weight, for the `path` criterion only.

@@ -25,6 +25,8 @@ def eval_batch_for(model: nn.Module, example: torch.Tensor) -> int:
     EVAL_MEMORY, in hundreds (at least 100), at most EVAL_BATCH_MAX. A function of the model and input
     shape only (never of free memory), so a replica's evaluation sums are always cut the same way.
     Conv-2 on CIFAR-10: 100; LeNet-300-100: 10,000."""
+    if getattr(model, "transductive", False):  # every forward computes the whole graph: one chunk per set
+        return EVAL_BATCH_MAX
     fits = EVAL_MEMORY // (4 * largest_activation(model, example))
     return int(max(100, min(EVAL_BATCH_MAX, fits // 100 * 100)))
 

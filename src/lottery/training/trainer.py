@@ -20,8 +20,9 @@ from lottery.config import TrainConfig
 from lottery.data import Dataset
 from lottery.data.augment import AUGMENTATIONS, flip_crop
 from lottery.memory import Workspace, fix_malloc_threshold
-from lottery.order import BatchOrder, ReplicaDraws, derive_seed
+from lottery.order import BatchOrder, ReplicaDraws
 from lottery.training.early_stop import EarlyStop
+from lottery.training.eval_sets import evaluated_count, fixed_sample, take
 from lottery.training.evaluation import Evaluator
 from lottery.training.forwards import stacked_forward_for
 from lottery.training.optim import OptimizerState
@@ -46,6 +47,8 @@ class ReplicaResult:
     final: dict[str, torch.Tensor] = field(repr=False)
     path: dict[str, torch.Tensor] | None = field(default=None, repr=False)  # Σ|θt+1 − θt| per prunable weight
     train_accuracy_examples: int = 0  # how many training examples final_train_accuracy was measured on
+    val_examples: int = 0  # how many validation examples each evaluation used (lottery.training.eval_sets)
+    test_examples: int = 0  # the same for the test set
 
     def metrics(self) -> dict[str, float | int]:
         return {
@@ -55,6 +58,8 @@ class ReplicaResult:
             "final_test_accuracy": self.final_test_accuracy,
             "final_train_accuracy": self.final_train_accuracy,
             "train_accuracy_examples": self.train_accuracy_examples,
+            "val_examples": self.val_examples,
+            "test_examples": self.test_examples,
         }
 
 
@@ -92,6 +97,11 @@ class StackedTrainer:
         self.count, self.size = self.stack.count, self.stack.size
         self._step = step_for(model, self.forwards, self.stack, cfg, self.device_type, self.backprop)
         self.evaluator = Evaluator(self.forwards, data, cfg, self.eval_batch, self.device_type)
+        # The examples every evaluation uses: whole sets, or a short run's fixed samples (eval_sets).
+        self.val_set = take(data.x_val, data.y_val, fixed_sample(
+            len(data.x_val), evaluated_count(cfg, len(data.x_val)), "val-sample", device))
+        self.test_set = take(data.x_test, data.y_test, fixed_sample(
+            len(data.x_test), evaluated_count(cfg, len(data.x_test)), "test-sample", device))
         self._workspace = Workspace()
         self.order = BatchOrder(len(data.x_train), cfg.batch_size, stream_seeds, device)
         self.stream_seeds, self.augment = list(stream_seeds), augment
@@ -197,14 +207,14 @@ class StackedTrainer:
         return self.evaluator.loss_and_accuracy(params, x, y)
 
     def evaluate_now(self) -> None:
-        val_loss, val_acc = self.loss_and_accuracy(self.data.x_val, self.data.y_val)
+        val_loss, val_acc = self.loss_and_accuracy(*self.val_set)
         # The test set runs at every evaluation only for full test curves; else at the end, and once per
         # replica on the weights of its early-stop iteration (see lottery.training.early_stop).
         final = self.iteration == self.cfg.iterations
         test_loss = torch.full_like(val_loss, math.nan)
         test_acc = torch.full_like(val_loss, math.nan)
         if self.cfg.test_curves or final:
-            test_loss, test_acc = self.loss_and_accuracy(self.data.x_test, self.data.y_test)
+            test_loss, test_acc = self.loss_and_accuracy(*self.test_set)
             self.test_evaluations += self.size
         self.early_stop.update(self.iteration, val_loss, self.tensors(detach=True),
                                test_acc if self.cfg.test_curves or final else None)
@@ -220,7 +230,7 @@ class StackedTrainer:
         rows = self.early_stop.pending()
         if not rows:
             return
-        loss, acc = self.loss_and_accuracy(self.data.x_test, self.data.y_test, rows, self.early_stop.snapshot)
+        loss, acc = self.loss_and_accuracy(*self.test_set, rows, self.early_stop.snapshot)
         self.test_evaluations += len(rows)
         self.early_stop.resolve(rows, acc)
         for i, r in enumerate(rows):
@@ -230,17 +240,15 @@ class StackedTrainer:
 
     def train_accuracy_sample(self) -> torch.Tensor | None:
         """The training examples final_train_accuracy is measured on: None for all of them, else a fixed
-        sample of `cfg.train_accuracy_examples` (the same for every network of every run on this data)."""
-        n, size = self.cfg.train_accuracy_examples, len(self.data.x_train)
-        if n == 0 or n >= size:
-            return None
-        order = torch.randperm(size, generator=torch.Generator().manual_seed(derive_seed("train-accuracy-sample", size)))
-        return order[:n].sort().values.to(self.data.x_train.device)
+        sample of `cfg.train_accuracy_examples` (the same for every network of every run on this data),
+        at most as many as the evaluations use (lottery.training.eval_sets)."""
+        size = len(self.data.x_train)
+        n = min(self.cfg.train_accuracy_examples or size, evaluated_count(self.cfg, size))
+        return fixed_sample(size, n, "train-accuracy-sample", self.data.x_train.device)
 
     def results(self) -> list[ReplicaResult]:
         """Per-replica results; call after training to `cfg.iterations`."""
-        sample = self.train_accuracy_sample()
-        x, y = (self.data.x_train, self.data.y_train) if sample is None else (self.data.x_train[sample], self.data.y_train[sample])
+        x, y = take(self.data.x_train, self.data.y_train, self.train_accuracy_sample())
         _, train_acc = self.loss_and_accuracy(x, y)
         curves = {k: torch.stack(v).T.tolist() for k, v in self.curves.items()}  # [R][evals]
         out = []
@@ -256,6 +264,8 @@ class StackedTrainer:
                 final={n: t[r].detach().clone() for n, t in self.tensors().items()},
                 path={n: p[r].clone() for n, p in self.path.items()} if self.path else None,
                 train_accuracy_examples=len(x),
+                val_examples=len(self.val_set[0]),
+                test_examples=len(self.test_set[0]),
             ))
         return out
 
