@@ -151,6 +151,9 @@ def test_report_and_export_work_on_a_graph_run(gcn_run, tmp_path):
     assert cli.main(["report", str(gcn_run)]) == 0
     assert cli.main(["export", str(gcn_run), "--level", "2", "--out", str(tmp_path / "t.safetensors")]) == 0
     assert (tmp_path / "t.safetensors").exists()
+    info = lottery.read_ticket(tmp_path / "t.safetensors").info
+    assert info["prunable_weights"] == 1433 * 16 + 16 * 7 and info["graph_edges"] == 5278  # weights and edges apart
+    assert abs(info["percent_remaining"] - 64.0) < 0.1
 
 
 @pytest.mark.parametrize("args, message", [

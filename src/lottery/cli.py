@@ -414,7 +414,9 @@ def _export(args: argparse.Namespace) -> None:
     ticket = ticket_of(args.run_dir, level=level, trial=args.trial, arm=args.arm, tolerance=args.tolerance)
     info = ticket.info
     source = info["source"]
-    print(f"ticket: level {source['level']} ({info['percent_remaining']:.2f}% of {info['prunable_weights']:,} weights), "
+    edges = (f", {info['percent_edges_remaining']:.2f}% of {info['graph_edges']:,} edges"
+             if "graph_edges" in info else "")
+    print(f"ticket: level {source['level']} ({info['percent_remaining']:.2f}% of {info['prunable_weights']:,} weights{edges}), "
           f"trial {source['trial']}, arm {source['arm']}, test accuracy at early stop "
           f"{100 * info['early_stop_test_accuracy']:.2f}%")
     if args.format == "safetensors":

@@ -99,6 +99,10 @@ def ticket_of(run_dir: Path | str, *, level: int | Literal["best"] = "best", tri
         trained = run.final(trial, chosen, arm)
         row = next(r for r in run.rows_of(arm, chosen) if r["trial"] == trial)
         kept, total = count(mask)
+        if row.get("edges_remaining") is not None:  # a graph model: the percent counts weights, edges apart
+            kept, total = kept - row["edges_remaining"], total - row["graph_edges"]
+        graph = {k: row[k] for k in ("edges_remaining", "graph_edges", "percent_edges_remaining")
+                 if row.get(k) is not None}
         info = {
             "format": FORMAT,
             "model": dataclasses.asdict(run.config.model) | {"class": _recorded_class(run)},
@@ -107,7 +111,7 @@ def ticket_of(run_dir: Path | str, *, level: int | Literal["best"] = "best", tri
                        "preset": run.config.preset, "trial": trial, "level": chosen, "arm": arm,
                        "rewind_iteration": run.config.prune.rewind_iteration},
             "percent_remaining": 100.0 * kept / total,
-            "weights_remaining": kept, "prunable_weights": total,
+            "weights_remaining": kept, "prunable_weights": total, **graph,
             "layers": {n: {"kept": int(m.sum()), "total": m.numel(), "percent": 100.0 * float(m.float().mean())}
                        for n, m in mask.items()},
             "early_stop_test_accuracy": row["early_stop_test_accuracy"],
