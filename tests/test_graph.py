@@ -166,3 +166,24 @@ def test_graph_misuse_is_one_line_and_exit_2(args, message, shared_data, tmp_pat
                      "--data-dir", str(shared_data)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
+
+
+def test_weight_decay_on_the_parameters_a_model_names_only_as_torchs_param_groups():
+    from lottery.config import TrainConfig
+    from lottery.training.optim import ReplicaOptimizer
+
+    torch.manual_seed(0)
+    a, b = torch.randn(2, 5, 3), torch.randn(2, 4)  # two replicas of two parameters
+    cfg = TrainConfig(optimizer="adam", lr=0.01, weight_decay=0.1)
+    ours = ReplicaOptimizer(cfg, [a, b], decayed=[True, False])
+    plain = [[a[r].clone().requires_grad_(), b[r].clone().requires_grad_()] for r in range(2)]
+    torch_opts = [torch.optim.Adam([{"params": [p[0]], "weight_decay": 0.1}, {"params": [p[1]]}], lr=0.01)
+                  for p in plain]
+    for _ in range(3):
+        grads = [torch.randn_like(a), torch.randn_like(b)]
+        ours.step([g[r] for g in grads for r in range(2)])
+        for r, opt in enumerate(torch_opts):
+            plain[r][0].grad, plain[r][1].grad = grads[0][r].clone(), grads[1][r].clone()
+            opt.step()
+    for r in range(2):
+        assert torch.allclose(a[r], plain[r][0], atol=1e-6) and torch.allclose(b[r], plain[r][1], atol=1e-6)
