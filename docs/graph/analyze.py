@@ -142,6 +142,17 @@ def subgraph_table(main: Path, data: lottery.Dataset, level: int, by: dict) -> s
         has_edge[g.edges[:, kept].flatten()] = True
         had_edge = degree > 0
         stats["isolated"].append(100 * (had_edge & ~has_edge).float().sum().item() / had_edge.sum().item())
+        control = store.arm_mask_path(t, level, "random-edges")
+        if control.exists():
+            random_kept = load_tensors(control)["edge_weight"]
+            has_edge = torch.zeros(g.num_nodes, dtype=torch.bool)
+            has_edge[g.edges[:, random_kept].flatten()] = True
+            stats["isolated_random"].append(100 * (had_edge & ~has_edge).float().sum().item() / had_edge.sum().item())
+            test = torch.zeros(g.num_nodes, dtype=torch.bool)
+            test[data.x_test] = True
+            stats["test_isolated"].append(100 * (test & had_edge & ~torch.zeros_like(test).index_fill_(
+                0, g.edges[:, kept].flatten(), True)).sum().item() / test.sum().item())
+            stats["test_isolated_random"].append(100 * (test & had_edge & ~has_edge).sum().item() / test.sum().item())
         for c, name in enumerate(g.class_names):
             topic = labelled & (labels[i] == c) & (labels[j] == c)
             touching = labelled & ((labels[i] == c) | (labels[j] == c)) & (labels[i] != labels[j])
@@ -163,6 +174,9 @@ def subgraph_table(main: Path, data: lottery.Dataset, level: int, by: dict) -> s
              f"| mean degree of a kept citation's papers | {np.mean(stats['deg_kept']):.2f} |",
              f"| mean degree of a pruned citation's papers | {np.nanmean(stats['deg_pruned']):.2f} |",
              f"| papers with citations that lost them all | {spread(stats['isolated'])}% |",
+             *([f"| the same in the random subgraph of that size | {spread(stats['isolated_random'])}% |",
+                f"| test papers cut off: ticket's subgraph / random subgraph | {spread(stats['test_isolated'])}% / "
+                f"{spread(stats['test_isolated_random'])}% |"] if stats["isolated_random"] else []),
              f"| test accuracy, ticket's subgraph | {spread(ticket)}% |"]
     if paired:
         lines.append(f"| test accuracy, a random subgraph of the same size (same weights) | {spread(control)}% |")
