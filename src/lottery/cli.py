@@ -49,7 +49,8 @@ def _parser() -> argparse.ArgumentParser:
     find.add_argument("--arms", metavar="ARM[,ARM...]",
                       help="imp (the ticket) plus controls: reinit, same-sign, random, init-magnitude, one-shot; "
                            "pruning at initialization: snip, grasp, synflow, each also -global (the method's own "
-                           "layer shares), -inverted, -global-inverted and -global-shuffle (Frankle et al. 2021)")
+                           "layer shares), -inverted, -global-inverted and -global-shuffle (Frankle et al. 2021); "
+                           "early-bird; graph models: random-edges (the ticket's weights, a random graph of its size)")
     find.add_argument("--one-shot", metavar="PERCENT[,PERCENT...]",
                       help="prune straight to these percents remaining from one trained network")
     find.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
