@@ -9,7 +9,7 @@ import lottery
 from lottery import cli
 from lottery.data.graph import Graph
 from lottery.models import build_model
-from lottery.models.gcn import GCN
+from lottery.models.gcn import GATHER_MAX_WIDTH, GCN
 from lottery.storage.files import load_tensors
 
 
@@ -67,10 +67,11 @@ def _dense_reference(model: GCN, graph: Graph, kept_edges: torch.Tensor) -> torc
     return adjacency @ (F.relu(h) @ model.layers[1].weight.T) + model.biases[1]
 
 
-def test_the_sparse_gcn_matches_a_dense_adjacency_and_a_pruned_edge_goes_both_ways():
+@pytest.mark.parametrize("hidden", [3, GATHER_MAX_WIDTH + 8])  # the gathered and the sparse CSR product
+def test_the_sparse_gcn_matches_a_dense_adjacency_and_a_pruned_edge_goes_both_ways(hidden):
     torch.manual_seed(0)
     graph = _small_graph()
-    model = GCN(graph, [3], 2, dropout=0.5).eval()
+    model = GCN(graph, [hidden], 2, dropout=0.5).eval()
     nodes = torch.arange(6)
     with torch.no_grad():
         model.biases[0].normal_(), model.biases[1].normal_()
@@ -79,6 +80,22 @@ def test_the_sparse_gcn_matches_a_dense_adjacency_and_a_pruned_edge_goes_both_wa
         kept = torch.tensor([True, True, True, False, True])
         assert torch.allclose(model(nodes), _dense_reference(model, graph, kept), atol=1e-6)
         assert model.edge_weight.shape == (graph.num_edges,)  # one weight per undirected edge, none per self-loop
+
+
+def test_a_wide_gcn_trains_to_the_same_bits_twice_and_under_bf16_autocast(cora):
+    """UGS's width 512 takes the sparse CSR product of the features: deterministic, and no bf16 kernel is
+    needed for it (autocast would otherwise fail on the CPU)."""
+    def one_step(bf16: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        torch.manual_seed(0)
+        model = build_model(lottery.ModelConfig(name="gcn", hidden=[GATHER_MAX_WIDTH * 2]), cora.input_shape,
+                            cora.num_classes, cora.graph).train()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):  # backward outside, as torch advises
+            loss = F.cross_entropy(model(cora.x_train), cora.y_train)
+        loss.backward()
+        return model(cora.x_train).detach(), model.layers[0].weight.grad
+    first, second = one_step(), one_step()
+    assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1])
+    assert one_step(bf16=True)[1].abs().sum() > 0
 
 
 def test_the_edge_weights_are_prunable_as_edges_and_counted_apart(cora):

@@ -24,6 +24,8 @@ masks, which is what each level trains here. Kipf's bias comes after the aggrega
 """
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -31,6 +33,12 @@ from torch import nn
 from lottery.data.graph import Graph
 
 EDGE_JITTER = 1e-5
+# Widest first layer that multiplies the features by gathering rows of its weight. Above it, a sparse CSR
+# product: measured on the 2-core Xeon (one thread, Cora, forward + backward) 2.4 ms against 4.7 ms at width
+# 16, and 12 ms against 191 ms at UGS's 512, where the gather's [nonzeros x width] intermediates (25M floats)
+# dominate. The gather stays for Kipf's narrow GCN because docs/graph's runs were made with it: they
+# reproduce to the bit (the two products differ in the last bits, 2e-7).
+GATHER_MAX_WIDTH = 32
 
 
 class GCN(nn.Module):
@@ -55,6 +63,8 @@ class GCN(nn.Module):
         self.features, self.i, self.j = graph.features, graph.edges[0].contiguous(), graph.edges[1].contiguous()
         self.rows, self.cols = graph.features.nonzero(as_tuple=True)
         self.values = graph.features[self.rows, self.cols]
+        self.row_starts = torch.zeros(graph.num_nodes + 1, dtype=torch.long, device=device)
+        self.row_starts[1:] = torch.bincount(self.rows, minlength=graph.num_nodes).cumsum(0)  # rows come sorted
         degree = torch.ones(graph.num_nodes, device=device).index_add_(
             0, graph.edges.flatten(), torch.ones(2 * graph.num_edges, device=device))
         self.self_coef = (1 / degree).unsqueeze(1)
@@ -79,18 +89,31 @@ class GCN(nn.Module):
             weight = weight * (torch.rand_like(weight) >= self.dropedge)
         first = self.layers[0].weight  # [hidden, features]
         # Dropout on the nonzeros only (3.9M draws for Cora's dense matrix cost 48 ms, its 49K nonzeros
-        # nothing), then x @ W as a sum over the nonzeros of rows of W. index_select and index_add, both ways:
-        # their CPU kernels add in index order, so outputs and gradients are the same bits every run (W's rows
-        # gathered by advanced indexing back-propagate through scattered additions that were not: measured;
-        # nor was the dense product's weight gradient, once in about ten runs).
-        kept = F.dropout(self.values, self.dropout, self.training).unsqueeze(1)
-        rows = torch.index_select(first.T.contiguous(), 0, self.cols) * kept
-        h = first.new_zeros(self.features.shape[0], first.shape[0]).index_add(0, self.rows, rows)
+        # nothing), then x @ W over the nonzeros.
+        values = F.dropout(self.values, self.dropout, self.training)
+        h = self.transform_features(values, first)
         h = self.aggregate(h, weight) + self.biases[0]
         for k in range(1, len(self.layers)):  # indexed: a sliced ParameterList escapes functional_call
             h = F.dropout(F.relu(h), self.dropout, self.training)
             h = self.aggregate(self.layers[k](h), weight) + self.biases[k]
         return h[nodes]
+
+    def transform_features(self, values: torch.Tensor, first: torch.Tensor) -> torch.Tensor:
+        """x @ first.T for the features with these nonzero values. Both ways add in a fixed order, so outputs
+        and gradients are the same bits every run (measured: W's rows gathered by advanced indexing
+        back-propagate through scattered additions that were not, nor was the dense product's weight
+        gradient, once in about ten runs)."""
+        nodes, width = self.features.shape[0], first.shape[0]
+        if width <= GATHER_MAX_WIDTH:  # rows of W gathered and summed per node: index_select and index_add
+            rows = torch.index_select(first.T.contiguous(), 0, self.cols) * values.unsqueeze(1)
+            return first.new_zeros(nodes, width).index_add(0, self.rows, rows)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta", UserWarning)
+            warnings.filterwarnings("ignore", "Sparse invariant checks are implicitly disabled", UserWarning)
+            features = torch.sparse_csr_tensor(self.row_starts, self.cols, values, self.features.shape)
+        # No bf16 kernel for a sparse CSR product on the CPU: it runs in float32 under autocast too.
+        with torch.autocast(first.device.type, enabled=False):
+            return features @ first.float().T
 
     def inference_macs(self, kept: dict[str, int]) -> int:
         """Multiply-accumulates of one forward over the whole graph with `kept` weights per prunable tensor:
