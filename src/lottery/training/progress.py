@@ -1,4 +1,4 @@
-"""Progress bars on stderr: one for levels, one for the iterations of the current training pass."""
+"""Progress bars on stderr (a terminal only): one for levels, one for the iterations of the current training pass."""
 from __future__ import annotations
 
 import sys
@@ -12,13 +12,26 @@ if TYPE_CHECKING:
     from lottery.training.trainer import ReplicaResult
 
 
+def bars_wanted(requested: bool) -> bool:
+    """Whether to draw progress bars: when asked for and stderr is a terminal (in a log file or a pipe, bars
+    are carriage-return noise). The one place that decides it."""
+    if not requested:
+        return False
+    try:
+        return sys.stderr is not None and sys.stderr.isatty()
+    except (AttributeError, ValueError):  # a replaced or closed stderr
+        return False
+
+
 class Progress:
-    """Bars when `enabled`; with `log`, one timestamped line per finished training pass (bars or not)."""
+    """Bars when `enabled` and stderr is a terminal (bars_wanted); with `log`, or when bars were asked for but
+    stderr is no terminal, one timestamped line per finished training pass (bars or not)."""
 
     def __init__(self, enabled: bool, levels: int, log: bool = False) -> None:
-        self.enabled, self.log = enabled, log
+        bars = bars_wanted(enabled)
+        self.enabled, self.log = bars, log or (enabled and not bars)
         self._levels = tqdm(total=levels, desc="levels", unit="level", position=0, file=sys.stderr,
-                            dynamic_ncols=True) if enabled and levels else None
+                            dynamic_ncols=True) if self.enabled and levels else None
         self._iterations: tqdm | None = None
         self._pending = 0  # levels of the pass in progress, counted when it ends
 
