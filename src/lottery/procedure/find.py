@@ -86,7 +86,7 @@ def find_tickets(config: RunConfig, run_dir: Path | str, *, model_fn: ModelFn | 
     store = RunStore(run_dir)
     with hold_run(store.root, command="lottery find"):
         inputs = {"input_shape": list(data.input_shape), "num_classes": data.num_classes}
-        Ranks.current().leader_first(lambda: claim(store, config, model, inputs))
+        Ranks.current().leader_first(lambda: claim(store, config, model, inputs, device=options.device))
         procedure = Procedure(config, store, model_fn, roles, options.device,
                               probe_for=lambda trial: init_probe(model, data, config, trial))
         _BuiltinTrainer(procedure, model, data, options).run()

@@ -347,7 +347,7 @@ class IMP:
         """Every network still to train, level by level (the ticket first, then its controls), holding the
         run's lock while the loop runs. Finish each before taking the next."""
         with hold_run(self.store.root, command="lottery.IMP"):
-            claim(self.store, self.config, self.model)
+            claim(self.store, self.config, self.model, device=self.device)
             if self.verbose and not self._shown:
                 print(describe_prunable(self.model, self.roles), file=sys.stderr, flush=True)
                 self._shown = True

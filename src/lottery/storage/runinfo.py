@@ -1,18 +1,22 @@
 """A run directory's identity: its config, its hash and the model it was made with.
 
 `config.toml` holds the config and `run.json` the hash it had when the run was made, with the model's
-class and parameter names and shapes. Every command checks them before it reads or writes anything
-else: an edited config.toml, or another model, is refused with one line instead of being silently used.
+class and parameter names and shapes, and the environment its bits depend on (lottery.environment). Every
+command checks them before it reads or writes anything else: an edited config.toml, or another model, is
+refused with one line instead of being silently used.
 """
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from lottery.config import RunConfig, flatten, from_toml, to_toml
+from lottery.environment import differences, environment
 from lottery.errors import BrokenFile, UserError
 from lottery.storage.files import RunStore, atomic_write_text, load_json, remedy, save_json
 
@@ -82,24 +86,56 @@ def check_model(store: RunStore, model: nn.Module) -> None:
                     f"or another directory for this one")
 
 
-def claim(store: RunStore, config: RunConfig, model: nn.Module, inputs: dict[str, Any] | None = None) -> None:
+def claim(store: RunStore, config: RunConfig, model: nn.Module, inputs: dict[str, Any] | None = None,
+          device: str | torch.device | None = None) -> None:
     """Make `store` this config's run directory, or check that it already is (call holding the lock).
     Everything is checked before anything is written. `inputs` ({"input_shape", "num_classes"}) is recorded
     in run.json, so that what reads the run later (a ticket's inference benchmark, ONNX export) can build the
-    model without the dataset."""
+    model without the dataset. run.json also records the environment the run is made in (lottery.environment:
+    versions, CPU, threads, `device`, default the model's); a run resumed in another one keeps it, adds the new
+    one to "environments" and says on stderr that the bits may differ."""
     if store.config_path.exists():
         existing = read_config(store)
         if existing.run_hash() != config.run_hash():
             raise UserError(f"{store.root} holds a run with a different config ({config_difference(existing, config)}); "
                             f"choose another --out")
     check_model(store, model)
+    here = environment(device if device is not None else next((p.device for p in model.parameters()), "cpu"))
     if not store.config_path.exists():
         atomic_write_text(store.config_path, to_toml(config))
     if not store.run_info_path.exists():
         save_json(store.run_info_path, {"format": FORMAT, "run_hash": config.run_hash(),
-                                        "model": model_signature(model), **({"inputs": inputs} if inputs else {})})
-    elif inputs and "inputs" not in load_json(store.run_info_path, ("run_hash",)):  # a run made before it was kept
-        save_json(store.run_info_path, {**load_json(store.run_info_path, ("run_hash",)), "inputs": inputs})
+                                        "model": model_signature(model), **({"inputs": inputs} if inputs else {}),
+                                        "environment": here})
+        return
+    info = load_json(store.run_info_path, ("run_hash",))
+    changed = False
+    if inputs and "inputs" not in info:  # a run made before it was kept
+        info["inputs"], changed = inputs, True
+    recorded = info.get("environment")
+    differ = differences(recorded, here) if isinstance(recorded, dict) else None
+    if differ is None or differ:
+        later = info.get("environments") if isinstance(info.get("environments"), list) else []
+        if here not in later:
+            info["environments"], changed = [*later, here], True
+    if differ:
+        shown = "; ".join(differ[:3]) + (f" and {len(differ) - 3} more" if len(differ) > 3 else "")
+        print(f"lottery: note: {store.root} was made in another environment ({shown}): what this command adds may "
+              f"differ from what the first one would have computed in its last bits", file=sys.stderr, flush=True)
+    if changed:
+        save_json(store.run_info_path, info)
+
+
+def recorded_environment(store: RunStore) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+    """(the environment the run was made in, or None when run.json predates it; the other environments it was
+    resumed in, in order)."""
+    if not store.run_info_path.exists():
+        return None, []
+    info = load_json(store.run_info_path, ("run_hash",))
+    made = info.get("environment") if isinstance(info.get("environment"), dict) else None
+    later = [e for e in info.get("environments", []) if isinstance(e, dict)] \
+        if isinstance(info.get("environments"), list) else []
+    return made, later
 
 
 def recorded_inputs(store: RunStore) -> dict[str, Any] | None:
