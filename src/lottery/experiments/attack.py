@@ -18,12 +18,13 @@ import torch.nn.functional as F
 
 from lottery.data import Dataset
 from lottery.errors import UserError
-from lottery.reports.figures import errorbar_series, percent_axis, plt, save_figure, spread
+from lottery.reports.figures import errorbar_series, get_cmap, percent_axis, save_figure, spread, subplots
 from lottery.storage.finished import FinishedRun, ModelFn, model_and_data, open_run
 from lottery.order import derive_seed
 from lottery.ranks import Ranks
 from lottery.storage.files import atomic_write_text, save_csv, writes_into_run
 from lottery.training.forwards import StackedForward, stacked_forward_for
+from lottery.training.progress import Progress
 from lottery.training.replicas import at_least_two
 
 METHODS = ("fgsm", "pgd")
@@ -95,8 +96,11 @@ def robust_accuracy(forward: StackedForward, params: dict[str, torch.Tensor], da
 @writes_into_run("lottery attack")
 def attack_run(run_dir: Path | str, methods: list[str], epsilons: list[float], *, levels: list[int] | None = None,
                examples: int | None = None, steps: int = 10, data_dir: Path | str | None = None,
-               model_fn: ModelFn | None = None, data: Dataset | None = None, device: str = "cpu") -> Path:
-    """Attack every (arm, trial) network of the chosen levels (default: all) and write RUN_DIR/attack/."""
+               model_fn: ModelFn | None = None, data: Dataset | None = None, device: str = "cpu",
+               progress: bool = True, log: bool = False) -> Path:
+    """Attack every (arm, trial) network of the chosen levels (default: all) and write RUN_DIR/attack/.
+    `progress`: a bar over the (level, method, ε) attacks on a terminal's stderr; `log` (and bars asked for
+    on a stderr that is no terminal): one line per finished level instead."""
     run = open_run(run_dir)
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
@@ -118,18 +122,27 @@ def attack_run(run_dir: Path | str, methods: list[str], epsilons: list[float], *
     forward = stacked_forward_for(model).each
     epsilons = sorted(set([0.0, *epsilons]))  # ε = 0: clean accuracy through the same path
     ranks = Ranks.current()  # in a process group each rank attacks its share of the networks
+    shown = Progress(progress and ranks.leader, levels=0, log=log and ranks.leader)
+    bar = shown.iterations("attack", len(levels) * len(methods) * len(epsilons), 0)
     accuracy = []
-    for level in levels:
-        jobs = ranks.share([(arm, t) for arm in run.arms for t in run.trials if run.has(t, level, arm)])
-        if not jobs:
-            continue
-        finals = [run.final(t, level, arm, device) for arm, t in jobs]
-        params = {n: torch.stack([f[n] for f in finals]) for n in finals[0]}
-        for method in methods:
-            for eps in epsilons:
-                seeds = [derive_seed(run.config.seed, "attack", method, eps, level, arm, t) for arm, t in jobs]
-                acc = robust_accuracy(forward, params, data, method, eps, examples, steps, seeds)
-                accuracy += [[level, method, eps, arm, trial, a] for (arm, trial), a in zip(jobs, acc.tolist())]
+    try:
+        for level in levels:
+            jobs = ranks.share([(arm, t) for arm in run.arms for t in run.trials if run.has(t, level, arm)])
+            if jobs:
+                finals = [run.final(t, level, arm, device) for arm, t in jobs]
+                params = {n: torch.stack([f[n] for f in finals]) for n in finals[0]}
+            for method in methods:
+                for eps in epsilons:
+                    if jobs:
+                        seeds = [derive_seed(run.config.seed, "attack", method, eps, level, arm, t) for arm, t in jobs]
+                        acc = robust_accuracy(forward, params, data, method, eps, examples, steps, seeds)
+                        accuracy += [[level, method, eps, arm, trial, a] for (arm, trial), a in zip(jobs, acc.tolist())]
+                    if bar is not None:
+                        bar(1)
+            shown.pass_done(f"attack level {level}", _level_summary(accuracy, level, len(jobs), methods, epsilons[-1]))
+    finally:
+        shown.end_iterations()
+        shown.close()
     out = run.store.root / "attack"
     found = {tuple(key): a for part in ranks.gather(accuracy) for *key, a in part}
     if not ranks.leader:
@@ -145,6 +158,17 @@ def attack_run(run_dir: Path | str, methods: list[str], epsilons: list[float], *
     return out
 
 
+def _level_summary(accuracy: list[list], level: int, networks: int, methods: list[str], eps: float) -> str:
+    """One log line for a level (this rank's networks): mean accuracy clean and under each method at the largest ε."""
+    def mean_at(method: str | None, at: float) -> str:
+        values = [a for lv, m, e, *_, a in accuracy if lv == level and e == at and method in (None, m)]
+        return f"{100 * sum(values) / len(values):.2f}%" if values else "-"
+
+    attacked = ", ".join(f"{m} {mean_at(m, eps)}" for m in methods)
+    return (f"{networks} network{'s' if networks != 1 else ''}; mean accuracy clean {mean_at(None, 0.0)}, "
+            f"at ε={eps:g} {attacked}")
+
+
 def _grouped(rows: list[dict]) -> dict[tuple[str, float, str], dict[int, list[dict]]]:
     out: dict[tuple[str, float, str], dict[int, list[dict]]] = defaultdict(lambda: defaultdict(list))
     for r in rows:
@@ -158,9 +182,9 @@ def _grouped(rows: list[dict]) -> dict[tuple[str, float, str], dict[int, list[di
 def _figure(rows: list[dict], methods: list[str], epsilons: list[float], run: FinishedRun, path: Path) -> None:
     grouped = _grouped(rows)
     arms = list(dict.fromkeys(r["arm"] for r in rows))
-    fig, axes = plt.subplots(1, len(methods), figsize=(6.4 * len(methods), 4.6), squeeze=False)
+    fig, axes = subplots(1, len(methods), figsize=(6.4 * len(methods), 4.6), squeeze=False)
     styles = ["-", "--", ":", "-."]
-    cmap = plt.get_cmap("viridis")
+    cmap = get_cmap("viridis")
     for ax, method in zip(axes[0], methods):
         percents: list[float] = []
         for i, eps in enumerate(epsilons):

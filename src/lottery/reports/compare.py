@@ -16,7 +16,7 @@ import torch
 
 from lottery.config import RunConfig
 from lottery.errors import UserError
-from lottery.reports.figures import errorbar_series, percent_axis, plt, save_figure, spread
+from lottery.reports.figures import errorbar_series, percent_axis, save_figure, spread, subplots
 from lottery.storage.results import read_results
 from lottery.storage.runinfo import read_config
 from lottery.storage.files import RunStore, atomic_write_text, hold_run, load_tensors, make_folder, save_csv
@@ -126,7 +126,7 @@ def _compare(run_dirs: list[Path | str], out_dir: Path | str, labels: list[str] 
     for metric, scale, ylabel, name in (("early_stop_test_accuracy", 100, "test accuracy at early stop (%)", "accuracy"),
                                         ("early_stop_iteration", 1, "early-stop iteration (min. validation loss)",
                                          "early_stop")):
-        fig, ax = plt.subplots(figsize=(6.8, 4.4))
+        fig, ax = subplots(figsize=(6.8, 4.4))
         percents: list[float] = []
         for label, (_, rows) in zip(labels, opened):
             for arm in arms:

@@ -1,17 +1,43 @@
-"""Shared figure helpers: files only (Agg), a log percent-remaining axis from 100% down, atomic PNGs."""
+"""Shared figure helpers: files only, a log percent-remaining axis from 100% down, atomic PNGs.
+
+Figures are made with matplotlib's object API (matplotlib.figure.Figure, saved with its own savefig), never
+through pyplot: no backend is chosen or switched and no figure joins pyplot's list, so a user's session (a
+notebook, their own open figures) is left as it was. `plt` is the little of pyplot's interface the figure
+code uses (subplots, get_cmap), made that way.
+"""
 from __future__ import annotations
 
 import io
 import math
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import matplotlib
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.colors import Colormap
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")  # files only; no screen needed
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from lottery.storage.files import atomic_write_bytes
 
-from lottery.storage.files import atomic_write_bytes  # noqa: E402
+
+def subplots(nrows: int = 1, ncols: int = 1, *, figsize: tuple[float, float] | None = None,
+             **kwargs: Any) -> tuple[Figure, Any]:
+    """pyplot.subplots without pyplot: a Figure of its own (no backend, no global figure list) and its axes."""
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(nrows, ncols, **kwargs)
+
+
+def get_cmap(name: str) -> Colormap:
+    return matplotlib.colormaps[name]
+
+
+def close(fig: Figure) -> None:
+    """Nothing to close: a Figure made here is not in pyplot's list; it goes when it is no longer referenced."""
+
+
+plt = SimpleNamespace(subplots=subplots, get_cmap=get_cmap, close=close, Axes=Axes, Figure=Figure)
 
 
 def spread(values: list[float]) -> tuple[float, float, float]:
@@ -19,7 +45,7 @@ def spread(values: list[float]) -> tuple[float, float, float]:
     return float(np.mean(values)), float(np.min(values)), float(np.max(values))
 
 
-def percent_axis(ax: plt.Axes, percents: list[float]) -> None:
+def percent_axis(ax: Axes, percents: list[float]) -> None:
     """Log x axis from 100% down (as in the paper), ticked at the levels' own percents."""
     ax.set_xscale("log")
     ax.set_xlim(max(percents) * 1.15, min(percents) / 1.15)
@@ -33,7 +59,7 @@ def percent_axis(ax: plt.Axes, percents: list[float]) -> None:
     ax.grid(alpha=0.3)
 
 
-def errorbar_series(ax: plt.Axes, points: list[tuple[float, list[float]]], **style: object) -> list[float]:
+def errorbar_series(ax: Axes, points: list[tuple[float, list[float]]], **style: object) -> list[float]:
     """Plot mean with min/max bars of (x, values) points sorted by x descending; returns the xs."""
     pts = sorted(((x, spread(v)) for x, v in points), reverse=True)
     xs = [x for x, _ in pts]
@@ -43,8 +69,7 @@ def errorbar_series(ax: plt.Axes, points: list[tuple[float, list[float]]], **sty
     return xs
 
 
-def save_figure(fig: plt.Figure, path: Path) -> None:
+def save_figure(fig: Figure, path: Path) -> None:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
-    plt.close(fig)
     atomic_write_bytes(path, buffer.getvalue())

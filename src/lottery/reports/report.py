@@ -9,11 +9,13 @@ import numpy as np
 
 from lottery.reports.graph_report import graph_section
 from lottery.reports.claims import check_claims, claims_markdown, protocol_caveats
+from lottery.environment import describe
 from lottery.errors import UserError
-from lottery.reports.figures import percent_axis, plt, save_figure, spread
+from lottery.reports.figures import get_cmap, percent_axis, save_figure, spread, subplots
 from lottery.storage.results import read_results
-from lottery.storage.runinfo import read_config
-from lottery.storage.files import RunStore, atomic_write_text, load_csv, writes_into_run
+from lottery.storage.runinfo import read_config, recorded_environment
+from lottery.storage.files import RunStore, atomic_write_text, load_csv
+from lottery.reports.live import LiveRun, live_section, report_hold
 
 CURVE_TARGETS = (100.0, 51.3, 21.1, 7.0, 3.6, 1.9)  # the paper's Fig. 3 levels
 
@@ -26,7 +28,7 @@ def _by_arm_level(rows: list[dict]) -> dict[str, dict[int, list[dict]]]:
 
 
 def _metric_figure(grouped: dict, metric: str, scale: float, ylabel: str, title: str, path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig, ax = subplots(figsize=(6.4, 4.2))
     all_percents = []
     for arm, levels in grouped.items():
         pts = sorted(((rows[0]["percent_remaining"], spread([scale * r[metric] for r in rows]))
@@ -75,7 +77,7 @@ def _curves_figure(store: RunStore, grouped: dict, path: Path) -> str:
     imp = grouped.get("imp", {})
     percents = {level: rows[0]["percent_remaining"] for level, rows in imp.items()}
     chosen = sorted({min(percents, key=lambda lv: abs(math.log(percents[lv] / t))) for t in CURVE_TARGETS})
-    fig, ax = plt.subplots(figsize=(7.2, 4.6))
+    fig, ax = subplots(figsize=(7.2, 4.6))
     kinds = set()
     for level in chosen:
         its, values, used = _mean_curve(store, "imp", level, [r["trial"] for r in imp[level]])
@@ -103,7 +105,7 @@ def _curves_figure(store: RunStore, grouped: dict, path: Path) -> str:
 
 def _one_shot_figure(grouped: dict, path: Path) -> None:
     """One-shot beside iterative pruning at the same per-layer sparsity: speed and accuracy."""
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, axes = subplots(1, 2, figsize=(11, 4.2))
     for ax, metric, scale, label in ((axes[0], "early_stop_iteration", 1, "early-stop iteration"),
                                      (axes[1], "early_stop_test_accuracy", 100, "test accuracy at early stop (%)")):
         percents = []
@@ -131,8 +133,8 @@ def _cost_figure(grouped: dict, path: Path, targets: tuple[float, ...] = (21.1, 
     cost_to_find), one panel per sparsity near each of `targets`; beside it, accuracy vs weights remaining."""
     percents = sorted({rows[0]["percent_remaining"] for levels in grouped.values() for rows in levels.values()})
     chosen = sorted({min(percents, key=lambda p: abs(math.log(p / t))) for t in targets if percents}, reverse=True)
-    fig, axes = plt.subplots(1, len(chosen) + 1, figsize=(4.2 * (len(chosen) + 1), 4.0))
-    palette = plt.get_cmap("tab20").colors if len(grouped) > 10 else [f"C{i}" for i in range(10)]
+    fig, axes = subplots(1, len(chosen) + 1, figsize=(4.2 * (len(chosen) + 1), 4.0))
+    palette = get_cmap("tab20").colors if len(grouped) > 10 else [f"C{i}" for i in range(10)]
     colors = {arm: palette[i % len(palette)] for i, arm in enumerate(grouped)}  # one colour per arm
     markers = "osD^v<>ph*"
     for i, (arm, levels) in enumerate(grouped.items()):
@@ -179,16 +181,35 @@ def _table(grouped: dict) -> str:
     return "\n".join(lines)
 
 
-@writes_into_run("lottery report")
+def environment_lines(store: RunStore) -> list[str]:
+    """What run.json says the run was made with (lottery.environment), and any other environment it was
+    resumed in: one line each; "environment not recorded" for a run made before run.json kept it."""
+    made, later = recorded_environment(store)
+    lines = [f"made with {describe(made)}" if made else "environment not recorded"]
+    if later:
+        lines.append("resumed with " + "; ".join(describe(e) for e in later)
+                     + (" (results need not match bit for bit across them)" if made else ""))
+    return lines
+
+
 def write_report(run_dir: Path | str) -> Path:
-    """Write RUN_DIR/report/ and return its path."""
+    """Write RUN_DIR/report/ and return its path. On a run that another process is writing now, from what
+    has finished so far (lottery.reports.live says how report and the run's writer keep out of each other's way)."""
     store = RunStore(run_dir)
-    if not store.results_path.exists():
+    if not store.results_path.exists() and not store.config_path.exists():
         raise UserError(f"{store.root} has no results.csv: not a finished `lottery find` run directory")
-    rows = read_results(store.root)
-    if not rows:
-        raise UserError(f"{store.results_path} has no rows yet")
     config = read_config(store)
+    with report_hold(store, list(config.arms)) as live:
+        return _write_report(store, config, live)
+
+
+def _write_report(store: RunStore, config, live: LiveRun | None) -> Path:  # type: ignore[no-untyped-def]
+    if live is None and not store.results_path.exists():
+        raise UserError(f"{store.root} has no results.csv: not a finished `lottery find` run directory")
+    rows = read_results(store.root) if live is None else live.rows
+    if not rows:
+        raise UserError(f"{store.results_path} has no rows yet" if live is None else
+                        f"no network of {store.root} has finished yet ({live.holder} is writing it); run this again later")
     grouped = _by_arm_level(rows)
     out = store.root / "report"
     user_loop = config.train.loop == "user"
@@ -229,7 +250,8 @@ def write_report(run_dir: Path | str) -> Path:
                     f"pruning: {mode}; criterion {config.prune.criterion}.")
     text = f"""# Report: {store.root.name}
 
-{protocol}
+{live_section(live, out) + chr(10) if live is not None else ""}{protocol}
+Environment: {"; ".join(environment_lines(store))}.
 Weights remaining are counted from the masks over the {prunable:,} prunable weights (the tensors that feed a
 product: Linear/Conv/attention/RNN weights; biases and norms are not prunable). Early stop is the iteration of
 minimum validation loss; its test accuracy is the one recorded at that same iteration. Cells show the mean
