@@ -78,7 +78,7 @@ def test_find_and_report_on_real_mnist(tmp_path, shared_data):
     assert result.stdout.startswith(f"run: {run_dir}")
     assert "51.3" not in result.stdout and "64.1" in result.stdout  # level 2: 0.8^2 hidden, 0.9^2 output
     # 60 iterations are far too few: every network is still improving at the end, and find says so.
-    assert "note: 3 of 3 networks reached early stop in the last 10% of the 60 iterations" in result.stdout
+    assert "note: 3 of 3 networks reached early stop in the last 10% of the 60 iterations" in result.stderr
     # Without bars, a log line per finished pass: when, which, how long, and what it reached.
     passes = [line for line in result.stderr.splitlines() if " level_0" in line]
     assert [line.split()[2] for line in passes] == ["level_00:", "level_01:", "level_02:"], result.stderr

@@ -29,7 +29,7 @@ def test_a_smoke_run_evaluates_samples_as_large_as_its_training_and_says_so(tmp_
     args = ["find", "lenet300-mnist", "--levels", "1", "--iterations", "2", "--trials", "1", "--no-progress",
             "--data-dir", str(shared_data)]
     assert cli.main([*args, "--out", str(tmp_path / "smoke")]) == 0
-    assert "each evaluation used a fixed sample of at most 120 examples" in capsys.readouterr().out
+    assert "each evaluation used a fixed sample of at most 120 examples" in capsys.readouterr().err
     (run,) = (tmp_path / "smoke").iterdir()
     rows = lottery.read_results(run)
     assert len(rows) == 2  # the dense network and the ticket
@@ -39,7 +39,7 @@ def test_a_smoke_run_evaluates_samples_as_large_as_its_training_and_says_so(tmp_
         assert abs(row["early_stop_test_accuracy"] * 120 - round(row["early_stop_test_accuracy"] * 120)) < 1e-3
 
     assert cli.main([*args, "--out", str(tmp_path / "whole"), "--set", "train.eval_examples=0"]) == 0
-    assert "fixed sample" not in capsys.readouterr().out
+    assert "fixed sample" not in capsys.readouterr().err
     (run,) = (tmp_path / "whole").iterdir()
     for row in lottery.read_results(run):
         assert (row["val_examples"], row["test_examples"], row["train_accuracy_examples"]) == (5_000, 10_000, 10_000)

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import sys
 from collections import defaultdict
+from collections.abc import Iterator
 from pathlib import Path
 from statistics import mean
 from typing import TYPE_CHECKING
@@ -25,6 +27,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="lottery", description="Find winning lottery tickets with iterative magnitude pruning.")
+    parser.add_argument("--version", action=_Version, help="print lottery's version and exit")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     find = commands.add_parser("find", help="run IMP (or one-shot pruning); re-running resumes")
@@ -66,12 +69,14 @@ def _parser() -> argparse.ArgumentParser:
     find.add_argument("--no-progress", action="store_true",
                       help="no progress bars: one line per finished training pass instead (for logs)")
     find.add_argument("--report", action="store_true", help="write the report when the run ends")
+    _json_flag(find, '{"run_dir", "config_hash", "rows": [per arm and level], "notes": [...], "report"}')
 
     report = commands.add_parser("report", help="write RUN_DIR/report/: figures and report.md")
     report.add_argument("run_dir", type=Path)
 
     claims = commands.add_parser("claims", help="check a run against the paper's quantitative claims")
     claims.add_argument("run_dir", type=Path)
+    _json_flag(claims, '{"claims": [{"claim", "paper", "measured", "verdict"}], "caveats": [...]}')
 
     compare = commands.add_parser("compare", help="put runs on the same axes and measure their masks' overlap")
     compare.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR")
@@ -147,15 +152,41 @@ def _parser() -> argparse.ArgumentParser:
                         help="which weights the ONNX model carries (default trained; a ticket file holds both)")
     export.add_argument("--out", type=Path, required=True, help="the file to write")
     export.add_argument("--data-dir", type=Path, help="datasets folder (ONNX: for example inputs)")
+    _json_flag(export, '{"out", "format", "ticket": {...}, "compact": {...} (onnx) or null}')
 
     bench = commands.add_parser("bench-inference", help="time a ticket file's network dense, compact, CSR and BSR")
     bench.add_argument("ticket", type=Path)
     bench.add_argument("--threads", type=int, default=1, help="threads (default 1)")
     bench.add_argument("--data-dir", type=Path, help="datasets folder (the inputs come from the ticket's test set)")
     bench.add_argument("--out", type=Path, help="also write the tables to this markdown file")
+    _json_flag(bench, "the tables as data: forms, layers and break_even rows (form, batch, threads, milliseconds, ...)")
 
     commands.add_parser("presets", help="list presets")
     return parser
+
+
+class _Version(argparse.Action):
+    """`lottery --version`: the version from lottery._version, read only when asked."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)  # type: ignore[arg-type]
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
+                 option_string: str | None = None) -> None:
+        from lottery._version import __version__
+
+        print(f"lottery {__version__}")
+        raise _Done
+
+
+class _Done(Exception):
+    """The command has said all it had to (--version): exit 0."""
+
+
+def _json_flag(parser: argparse.ArgumentParser, shape: str) -> None:
+    parser.add_argument("--json", action="store_true",
+                        help=f"print one JSON document on stdout and nothing else (notes and progress stay on stderr): "
+                             f"{shape}".replace("%", "%%"))
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -225,44 +256,63 @@ def build_config(args: argparse.Namespace) -> RunConfig:
     return config
 
 
-def _find(args: argparse.Namespace) -> None:
+def _find(args: argparse.Namespace) -> dict | None:
     from lottery.procedure.find import find_tickets
 
     config = build_config(args)
     options = _run_options(args)
     run_dir = args.out / config.run_name()
-    print(f"run: {run_dir}", flush=True)
+    if not args.json:
+        print(f"run: {run_dir}", flush=True)
     find_tickets(config, run_dir, data_dir=args.data_dir, options=options)
     from lottery.ranks import Ranks, leave_group
 
     leader = Ranks.current().leader
     leave_group()  # the group's work is done: what follows reads the run, on rank 0 alone
     if not leader:
-        return
-    print(summary_table(run_dir))
-    for note in (late_stop_note(run_dir, config.train.iterations), diverged_note(run_dir),
-                 sampled_sets_note(run_dir, config.train)):
-        if note:
-            print(note)
+        return None
+    notes = [note for note in (late_stop_note(run_dir, config.train.iterations), diverged_note(run_dir),
+                               sampled_sets_note(run_dir, config.train)) if note]
+    if not args.json:
+        print(summary_table(run_dir), flush=True)
+    for note in notes:  # warnings about the results, not results: stderr, so that stdout stays the table
+        print(note, file=sys.stderr, flush=True)
+    report = None
     if args.report:
         from lottery.reports.report import write_report
 
-        print(f"report: {write_report(run_dir)}")
+        report = write_report(run_dir)
+        if not args.json:
+            print(f"report: {report}")
+    return {"run_dir": str(run_dir), "config_hash": config.run_hash(), "rows": summary_rows(run_dir),
+            "notes": notes, "report": None if report is None else str(report)}
 
 
-def summary_table(run_dir: Path) -> str:
+SUMMARY_METRICS = ("early_stop_iteration", "early_stop_test_accuracy", "final_test_accuracy")
+
+
+def summary_rows(run_dir: Path) -> list[dict]:
+    """One row per (arm, level), sorted: percent_remaining, the means over trials of SUMMARY_METRICS (accuracies
+    as fractions, as in results.csv), `trials` (how many) and `by_trial` (each trial's own values)."""
     from lottery.storage.results import read_results
 
     by_level: dict[tuple[str, int], list[dict]] = defaultdict(list)
     for row in read_results(run_dir):
         by_level[(row["arm"], row["level"])].append(row)
+    return [{"arm": arm, "level": level, "percent_remaining": rows[0]["percent_remaining"],
+             **{m: mean(r[m] for r in rows) for m in SUMMARY_METRICS}, "trials": len(rows),
+             "by_trial": [{"trial": r["trial"], **{m: r[m] for m in SUMMARY_METRICS}}
+                          for r in sorted(rows, key=lambda r: r["trial"])]}
+            for (arm, level), rows in sorted(by_level.items())]
+
+
+def summary_table(run_dir: Path) -> str:
     lines = [f"{'arm':<6} {'level':>5} {'remaining %':>11} {'early stop it':>13} {'test acc @ES %':>14} "
              f"{'final test %':>12} {'trials':>6}"]
-    for (arm, level), rows in sorted(by_level.items()):
-        lines.append(f"{arm:<6} {level:>5} {rows[0]['percent_remaining']:>11.1f} "
-                     f"{mean(r['early_stop_iteration'] for r in rows):>13.0f} "
-                     f"{100 * mean(r['early_stop_test_accuracy'] for r in rows):>14.2f} "
-                     f"{100 * mean(r['final_test_accuracy'] for r in rows):>12.2f} {len(rows):>6}")
+    for row in summary_rows(run_dir):
+        lines.append(f"{row['arm']:<6} {row['level']:>5} {row['percent_remaining']:>11.1f} "
+                     f"{row['early_stop_iteration']:>13.0f} {100 * row['early_stop_test_accuracy']:>14.2f} "
+                     f"{100 * row['final_test_accuracy']:>12.2f} {row['trials']:>6}")
     return "\n".join(lines)
 
 
@@ -309,12 +359,15 @@ def diverged_note(run_dir: Path) -> str | None:
 
 
 def _report(args: argparse.Namespace) -> None:
-    from lottery.reports.report import write_report
+    from lottery.reports.report import environment_lines, write_report
+    from lottery.storage.files import RunStore
 
     print(f"report: {write_report(args.run_dir)}")
+    for line in environment_lines(RunStore(args.run_dir)):
+        print(line)
 
 
-def _claims(args: argparse.Namespace) -> None:
+def _claims(args: argparse.Namespace) -> dict | None:
     from lottery.reports.claims import check_claims, claims_markdown, protocol_caveats
     from lottery.storage.results import read_results
     from lottery.storage.runinfo import read_config
@@ -327,7 +380,13 @@ def _claims(args: argparse.Namespace) -> None:
         config = read_config(store)
         rows = read_results(store.root)
     trials = len({r["trial"] for r in rows})
-    print(claims_markdown(check_claims(rows, config), protocol_caveats(config, trials)))
+    results, caveats = check_claims(rows, config), protocol_caveats(config, trials)
+    if args.json:
+        import dataclasses
+
+        return {"run_dir": str(store.root), "claims": [dataclasses.asdict(r) for r in results], "caveats": caveats}
+    print(claims_markdown(results, caveats))
+    return None
 
 
 def _compare(args: argparse.Namespace) -> None:
@@ -355,7 +414,8 @@ def _attack(args: argparse.Namespace) -> None:
 
     methods = [m.strip() for m in args.method.split(",") if m.strip()]
     out = attack_run(args.run_dir, methods, _numbers(args.eps, float, "--eps"), levels=_numbers(args.levels, int, "--levels"),
-                     examples=args.examples, steps=args.steps, data_dir=args.data_dir, device=_device(args.device))
+                     examples=args.examples, steps=args.steps, data_dir=args.data_dir, device=_device(args.device),
+                     progress=not args.no_progress, log=args.no_progress)
     print(f"attack: {out}")
 
 
@@ -408,45 +468,63 @@ def _stability(args: argparse.Namespace) -> None:
     print(f"stability: {out}")
 
 
-def _export(args: argparse.Namespace) -> None:
+def _export(args: argparse.Namespace) -> dict:
+    import dataclasses
+
     from lottery.deploy.export import save_ticket, ticket_of
 
+    say = _human(args)
     level = args.level if args.level == "best" else _numbers(args.level, int, "--level")[0]
     ticket = ticket_of(args.run_dir, level=level, trial=args.trial, arm=args.arm, tolerance=args.tolerance)
     info = ticket.info
     source = info["source"]
     edges = (f", {info['percent_edges_remaining']:.2f}% of {info['graph_edges']:,} edges"
              if "graph_edges" in info else "")
-    print(f"ticket: level {source['level']} ({info['percent_remaining']:.2f}% of {info['prunable_weights']:,} weights{edges}), "
-          f"trial {source['trial']}, arm {source['arm']}, test accuracy at early stop "
-          f"{100 * info['early_stop_test_accuracy']:.2f}%")
+    say(f"ticket: level {source['level']} ({info['percent_remaining']:.2f}% of {info['prunable_weights']:,} weights{edges}), "
+        f"trial {source['trial']}, arm {source['arm']}, test accuracy at early stop "
+        f"{100 * info['early_stop_test_accuracy']:.2f}%")
+    # The ticket's info with its source (run, level, trial, arm, ...) at the top: what a script asks first.
+    result = {"out": str(args.out), "format": args.format,
+              "ticket": {**source, **{k: v for k, v in info.items() if k not in ("source", "format")}}, "compact": None}
     if args.format == "safetensors":
         save_ticket(ticket, args.out)
-        print(f"export: {args.out}")
-        return
+        say(f"export: {args.out}")
+        return result
     from lottery.deploy.bench import example_inputs, masked_and_compact, model_for, to_onnx
 
     model_fn, data = model_for(ticket, args.data_dir)
     x = example_inputs(ticket, data)
     masked, small, before, after = masked_and_compact(ticket, model_fn(), x, args.weights)
-    print(f"compact: {before.parameters:,} -> {after.parameters:,} parameters ({before.nonzero_parameters:,} nonzero "
-          f"before), {before.flops:,} -> {after.flops:,} FLOPs per example ({before.nonzero_flops:,} on kept weights)")
+    say(f"compact: {before.parameters:,} -> {after.parameters:,} parameters ({before.nonzero_parameters:,} nonzero "
+        f"before), {before.flops:,} -> {after.flops:,} FLOPs per example ({before.nonzero_flops:,} on kept weights)")
     difference = to_onnx(small, x, args.out)
-    print(f"export: {args.out} (onnxruntime vs PyTorch on 256 {'test' if data is not None else 'random'} inputs: "
-          f"max |difference| {difference:.2e})")
+    inputs = "test" if data is not None else "random"
+    say(f"export: {args.out} (onnxruntime vs PyTorch on 256 {inputs} inputs: max |difference| {difference:.2e})")
+    result["compact"] = {"weights": args.weights, "before": dataclasses.asdict(before), "after": dataclasses.asdict(after),
+                         "onnxruntime_max_difference": difference, "checked_on": f"256 {inputs} inputs"}
+    return result
 
 
-def _bench_inference(args: argparse.Namespace) -> None:
-    from lottery.deploy.bench import bench_ticket
+def _bench_inference(args: argparse.Namespace) -> dict | None:
+    from lottery.deploy.bench import bench_markdown, bench_ticket
 
     if args.threads < 1:
         raise UserError(f"--threads must be at least 1, got {args.threads}")
-    text = bench_ticket(args.ticket, threads=args.threads, data_dir=args.data_dir)
-    print(text)
+    result = bench_ticket(args.ticket, threads=args.threads, data_dir=args.data_dir)
+    text = bench_markdown(result)
     if args.out:
         from lottery.storage.files import atomic_write_text
 
         atomic_write_text(args.out, text + "\n")
+    if args.json:
+        return {**result, "out": None if args.out is None else str(args.out)}
+    print(text)
+    return None
+
+
+def _human(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """print for the human text of a command, nothing under --json (stdout is the JSON document's alone)."""
+    return (lambda *_, **__: None) if getattr(args, "json", False) else print
 
 
 def _presets(args: argparse.Namespace) -> None:
@@ -456,6 +534,45 @@ def _presets(args: argparse.Namespace) -> None:
     for name, preset in PRESETS.items():
         print(f"{name:<{width}}  {preset.summary}")
         print(f"{'':<{width}}  source: {preset.source}")
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """Send stdout to stderr for the duration, Python's sys.stdout and (where it has one) the descriptor under it."""
+    sys.stdout.flush()
+    try:
+        fd, target = sys.stdout.fileno(), sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # a stream without a descriptor (a test's capture)
+        fd = target = None
+    saved = os.dup(fd) if fd is not None else None
+    if saved is not None:
+        os.dup2(target, fd)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stderr.flush()
+        if saved is not None:
+            os.dup2(saved, fd)
+            os.close(saved)
+
+
+def _json_document(value: object) -> str:
+    """One JSON document: paths as strings, non-finite numbers (a diverged network's) as null, as JSON has none."""
+    import json
+
+    def plain(v: object) -> object:
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {str(k): plain(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        if isinstance(v, Path):
+            return str(v)
+        return v
+
+    return json.dumps(plain(value), indent=2, allow_nan=False)
 
 
 # Commands that train or evaluate networks split them across the ranks of a torchrun group; the others
@@ -476,10 +593,19 @@ def main(argv: list[str] | None = None) -> int:
                 args.device = join_torchrun_group(_device(args.device))
                 if not Ranks.current().leader:  # rank 0 prints the results; every rank prints its errors
                     sys.stdout = open(os.devnull, "w")
-        {"find": _find, "report": _report, "claims": _claims, "compare": _compare,
-         "attack": _attack, "noise": _noise, "transfer": _transfer, "stability": _stability,
-         "export": _export, "bench-inference": _bench_inference, "presets": _presets}[args.command](args)
+        command = {"find": _find, "report": _report, "claims": _claims, "compare": _compare,
+                   "attack": _attack, "noise": _noise, "transfer": _transfer, "stability": _stability,
+                   "export": _export, "bench-inference": _bench_inference, "presets": _presets}[args.command]
+        if getattr(args, "json", False):
+            with _stdout_to_stderr():  # whatever else writes to stdout on the way (a library, C code) goes to stderr
+                result = command(args)
+            if result is not None:  # None: a rank other than 0, whose stdout is not the group's
+                print(_json_document(result))
+        else:
+            command(args)
         sys.stdout.flush()  # here, so that a reader gone away (`| head`) is caught below
+    except _Done:
+        return 0
     except BrokenPipeError:  # the reader of our output closed it: nothing to say, as a shell command would
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's flush goes nowhere
         return 141  # 128 + SIGPIPE, what the shell reports for a command killed by it

@@ -1,6 +1,7 @@
 """From a ticket file to a model to deploy: the masked model, its compact form, and ONNX."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import warnings
 from collections.abc import Callable
@@ -109,39 +110,87 @@ def measure_ticket(path: Path | str, threads: int = 1, data_dir: Path | str | No
             "forms": forms, "layers": layers}
 
 
-def ticket_markdown(m: dict) -> str:
-    info, before, after = m["info"], m["before"], m["after"]
-    source = info["source"]
-    lines = [f"### {m['name']}", "",
-             f"{source['preset']} level {source['level']}, {info['percent_remaining']:.2f}% of "
-             f"{info['prunable_weights']:,} prunable weights remaining; {m['threads']} thread(s), "
-             f"torch {torch.__version__}, medians of torch.utils.benchmark, on {m.get('inputs', 'its test set')}.", "",
-             f"Parameters {before.parameters:,} ({before.nonzero_parameters:,} nonzero); compact "
-             f"{after.parameters:,}. FLOPs per example {before.flops:,} dense, {before.nonzero_flops:,} on kept "
-             f"weights, {after.flops:,} compact.", "",
+def bench_data(m: dict) -> dict:
+    """measure_ticket's result as plain data (JSON-able): the ticket, the sizes, and the timings as rows.
+
+    `forms`: one row per (form, batch) for the whole network: form, batch, threads, milliseconds (the median
+    of one call), examples_per_second, weight_bytes, max_difference (from dense, on the batch of 256).
+    `layers`: one row per (Linear / Conv2d layer, form, batch): layer, kind, shape, density, form, batch,
+    threads, milliseconds. `break_even`: one row per (layer, sparse layout, batch): the largest density up to
+    which that layout beats dense (None: never). `cuda_available`: False says 2:4 semi-structured sparsity
+    (a CUDA GPU's) was not measured."""
+    from lottery.deploy.inference import SPARSE_LAYOUTS
+
+    info, threads = m["info"], m["threads"]
+    forms = []
+    for r in m["forms"]:
+        same = {"form": r["form"], "threads": threads, "weight_bytes": r["weight_bytes"],
+                "max_difference": r["max_difference"]}
+        forms.append({**same, "batch": 1, "milliseconds": r["latency_ms"], "examples_per_second": 1e3 / r["latency_ms"]})
+        forms.append({**same, "batch": 256, "milliseconds": 256e3 / r["throughput"], "examples_per_second": r["throughput"]})
+    layers, break_even = [], []
+    for r in m["layers"]:
+        layer = {"layer": r["layer"], "kind": r["kind"], "shape": list(r["shape"]), "density": r["density"]}
+        for form in ("dense", *SPARSE_LAYOUTS):
+            for batch in (1, 256):
+                layers.append({**layer, "form": form, "batch": batch, "threads": threads,
+                               "milliseconds": r[f"{form}_ms_b{batch}"]})
+        for form in SPARSE_LAYOUTS:
+            for batch in (1, 256):
+                found = r.get(f"break_even_b{batch}")
+                if found is not None:
+                    break_even.append({"layer": r["layer"], "form": form, "batch": batch, "density": found[form]})
+    return {"ticket": m["name"], "source": info["source"], "percent_remaining": info["percent_remaining"],
+            "prunable_weights": info["prunable_weights"], "threads": threads, "torch": torch.__version__,
+            "inputs": m.get("inputs", "its test set"), "sizes": {"dense": dataclasses.asdict(m["before"]),
+                                                                 "compact": dataclasses.asdict(m["after"])},
+            "forms": forms, "layers": layers, "break_even": break_even, "cuda_available": torch.cuda.is_available()}
+
+
+def bench_markdown(d: dict) -> str:
+    """The markdown `lottery bench-inference` prints: bench_data's tables."""
+    source, before, after = d["source"], d["sizes"]["dense"], d["sizes"]["compact"]
+    lines = [f"### {d['ticket']}", "",
+             f"{source['preset']} level {source['level']}, {d['percent_remaining']:.2f}% of "
+             f"{d['prunable_weights']:,} prunable weights remaining; {d['threads']} thread(s), "
+             f"torch {d['torch']}, medians of torch.utils.benchmark, on {d['inputs']}.", "",
+             f"Parameters {before['parameters']:,} ({before['nonzero_parameters']:,} nonzero); compact "
+             f"{after['parameters']:,}. FLOPs per example {before['flops']:,} dense, {before['nonzero_flops']:,} on "
+             f"kept weights, {after['flops']:,} compact.", "",
              "| form | latency, batch 1 (ms) | throughput, batch 256 (examples/s) | weight bytes | max abs diff vs dense |",
              "| --- | ---: | ---: | ---: | ---: |"]
-    lines += [f"| {r['form']} | {r['latency_ms']:.3f} | {r['throughput']:,.0f} | {r['weight_bytes']:,} | "
-              f"{r['max_difference']:.1e} |" for r in m["forms"]]
+    forms = {(r["form"], r["batch"]): r for r in d["forms"]}
+    for name in dict.fromkeys(r["form"] for r in d["forms"]):
+        one, many = forms[(name, 1)], forms[(name, 256)]
+        lines.append(f"| {name} | {one['milliseconds']:.3f} | {many['examples_per_second']:,.0f} | "
+                     f"{one['weight_bytes']:,} | {one['max_difference']:.1e} |")
     lines += ["", "Per layer (ms per call; break-even: the largest density, of "
               "1/2/5/10/20/30/50%, up to which a random-mask layer of this shape beats dense):", "",
               "| layer | shape | density | dense b1 | CSR b1 | BSR b1 | dense b256 | CSR b256 | BSR b256 | "
               "CSR breaks even (b1 / b256) | BSR breaks even (b1 / b256) |",
               "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |"]
-    for r in m["layers"]:
-        cell = lambda layout: f"{_percent(r['break_even_b1'][layout])} / {_percent(r['break_even_b256'][layout])}"  # noqa: E731
-        lines.append(f"| {r['layer']} {r['kind']} | {'x'.join(map(str, r['shape']))} | {100 * r['density']:.1f}% | "
-                     f"{r['dense_ms_b1']:.3f} | {r['csr_ms_b1']:.3f} | {r['bsr_ms_b1']:.3f} | {r['dense_ms_b256']:.3f} | "
-                     f"{r['csr_ms_b256']:.3f} | {r['bsr_ms_b256']:.3f} | {cell('csr')} | {cell('bsr')} |")
-    if not torch.cuda.is_available():
+    times = {(r["layer"], r["form"], r["batch"]): r["milliseconds"] for r in d["layers"]}
+    even = {(r["layer"], r["form"], r["batch"]): r["density"] for r in d["break_even"]}
+    for layer in {r["layer"]: r for r in d["layers"]}.values():
+        i = layer["layer"]
+        cell = lambda form: f"{_percent(even.get((i, form, 1)))} / {_percent(even.get((i, form, 256)))}"  # noqa: E731
+        lines.append(f"| {i} {layer['kind']} | {'x'.join(map(str, layer['shape']))} | {100 * layer['density']:.1f}% | "
+                     + " | ".join(f"{times[(i, form, batch)]:.3f}" for batch in (1, 256) for form in ("dense", "csr", "bsr"))
+                     + f" | {cell('csr')} | {cell('bsr')} |")
+    if not d["cuda_available"]:
         lines += ["", "Semi-structured 2:4 sparsity needs a CUDA GPU with sparse tensor cores and a 2:4 mask: not "
                   "measured here."]
     return "\n".join(lines)
 
 
-def bench_ticket(path: Path | str, threads: int = 1, data_dir: Path | str | None = None) -> str:
-    """`lottery bench-inference`: measure_ticket as markdown."""
-    return ticket_markdown(measure_ticket(path, threads, data_dir))
+def ticket_markdown(m: dict) -> str:
+    """measure_ticket's result as markdown (bench_markdown of bench_data)."""
+    return bench_markdown(bench_data(m))
+
+
+def bench_ticket(path: Path | str, threads: int = 1, data_dir: Path | str | None = None) -> dict:
+    """`lottery bench-inference`: measure_ticket as data (bench_data); bench_markdown renders it."""
+    return bench_data(measure_ticket(path, threads, data_dir))
 
 
 def _percent(density: float | None) -> str:
