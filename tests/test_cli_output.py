@@ -225,3 +225,20 @@ def test_a_run_resumed_elsewhere_keeps_its_environment_and_says_so(found, capsys
     code, out, _ = _main(capsys, "report", str(copy))
     assert code == 0 and out.splitlines()[1] == "environment not recorded"
     assert "Environment: environment not recorded." in (copy / "report" / "report.md").read_text()
+
+
+def test_bars_on_a_terminal_or_in_a_notebook_never_in_a_pipe_or_when_not_asked(monkeypatch):
+    import types
+
+    from lottery.training.progress import bars_wanted
+
+    monkeypatch.delitem(sys.modules, "ipykernel", raising=False)
+    read, write = os.pipe()
+    with os.fdopen(read) as _, os.fdopen(write, "w") as pipe:
+        monkeypatch.setattr(sys, "stderr", pipe)
+        assert not bars_wanted(True) and not bars_wanted(False)
+        monkeypatch.setitem(sys.modules, "ipykernel", types.ModuleType("ipykernel"))  # an IPython kernel: a notebook
+        assert bars_wanted(True) and not bars_wanted(False)
+    monkeypatch.delitem(sys.modules, "ipykernel")
+    monkeypatch.setattr(sys, "stderr", _Terminal())
+    assert bars_wanted(True) and not bars_wanted(False)

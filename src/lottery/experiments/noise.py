@@ -18,7 +18,7 @@ import torch
 
 from lottery.data import Dataset
 from lottery.errors import UserError
-from lottery.reports.figures import errorbar_series, percent_axis, plt, save_figure, spread
+from lottery.reports.figures import errorbar_series, percent_axis, save_figure, spread, subplots
 from lottery.storage.finished import FinishedRun, ModelFn, model_and_data, open_run
 from lottery.procedure.find import EVAL_BATCH
 from lottery.options import RunOptions
@@ -160,7 +160,7 @@ def _label(arm: str, k: float) -> str:
 
 
 def _figure(rows: list[dict], metric: str, ylabel: str, title: str, path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(7.2, 4.6))
+    fig, ax = subplots(figsize=(7.2, 4.6))
     percents: list[float] = []
     for (arm, k), points in sorted(_series(rows, metric).items(), key=lambda kv: (kv[0][0] != "imp", kv[0])):
         if not points:

@@ -4,7 +4,7 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
-from lottery.reports.figures import errorbar_series, percent_axis, plt, save_figure, spread
+from lottery.reports.figures import errorbar_series, get_cmap, percent_axis, save_figure, spread, subplots
 from lottery.storage.finished import FinishedRun
 from lottery.storage.files import atomic_write_text
 
@@ -36,7 +36,7 @@ def _random_note(rows: list[dict], note: str) -> str:
 
 
 def _colors(values: list) -> dict:
-    cmap = plt.get_cmap("viridis")
+    cmap = get_cmap("viridis")
     return {v: cmap(i / max(1, len(values) - 1) * 0.9) for i, v in enumerate(values)}
 
 
@@ -46,7 +46,7 @@ def path_figure(path_rows: list[dict], out: Path) -> None:
     levels = sorted({r["level"] for r in path_rows})
     ks = sorted({r["k"] for r in path_rows})
     colors = _colors(ks)
-    fig, axes = plt.subplots(2, len(levels), figsize=(3.4 * len(levels) + 1, 6.2), squeeze=False, sharey="row")
+    fig, axes = subplots(2, len(levels), figsize=(3.4 * len(levels) + 1, 6.2), squeeze=False, sharey="row")
     percents = {r["level"]: r["percent_remaining"] for r in path_rows}
     for col, level in enumerate(levels):
         for row, (metric, label) in enumerate(METRICS):
@@ -78,7 +78,7 @@ def instability_vs_k(rows: list[dict], out: Path) -> None:
     levels = sorted({r["level"] for r in rows})
     colors = _colors(levels)
     ks = sorted({r["k"] for r in rows})
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.4))
+    fig, axes = subplots(1, 2, figsize=(12, 4.4))
     for ax, (metric, label) in zip(axes, METRICS):
         for (level, arm), group in sorted(_by(rows, "level", "arm").items()):
             points = [(k, [100 * r[f"{metric}_instability"] for r in g]) for (k,), g in _by(group, "k").items()]
@@ -105,7 +105,7 @@ def instability_vs_k(rows: list[dict], out: Path) -> None:
 def instability_vs_sparsity(rows: list[dict], out: Path) -> None:
     ks = sorted({r["k"] for r in rows})
     colors = _colors(ks)
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.4))
+    fig, axes = subplots(1, 2, figsize=(12, 4.4))
     for ax, (metric, label) in zip(axes, METRICS):
         percents: list[float] = []
         for (k, arm), group in sorted(_by(rows, "k", "arm").items()):

@@ -24,7 +24,7 @@ import torch
 from lottery.config import DataConfig, copy
 from lottery.data import load_data
 from lottery.errors import UserError
-from lottery.reports.figures import errorbar_series, percent_axis, plt, save_figure, spread
+from lottery.reports.figures import errorbar_series, percent_axis, save_figure, spread, subplots
 from lottery.storage.finished import FinishedRun, model_and_data, open_run
 from lottery.procedure.find import EVAL_BATCH, find_tickets
 from lottery.options import RunOptions
@@ -162,7 +162,7 @@ def _points(rows: list[dict], metric: str, scale: float) -> dict[tuple[str, str]
 
 
 def _figure(rows: list[dict], target_label: str, target: str, path: Path) -> None:
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.6))
+    fig, axes = subplots(1, 2, figsize=(13, 4.6))
     for ax, metric, scale, ylabel in ((axes[0], "early_stop_test_accuracy", 100, "test accuracy at early stop (%)"),
                                       (axes[1], "early_stop_iteration", 1, "early-stop iteration")):
         points = _points(rows, metric, scale)

@@ -1,4 +1,5 @@
-"""Progress bars on stderr (a terminal only): one for levels, one for the iterations of the current training pass."""
+"""Progress bars on stderr (a terminal or a notebook): one for levels, one for the iterations of the current training
+pass."""
 from __future__ import annotations
 
 import sys
@@ -12,11 +13,20 @@ if TYPE_CHECKING:
     from lottery.training.trainer import ReplicaResult
 
 
+def in_notebook() -> bool:
+    """Whether this process is an IPython kernel (Jupyter, JupyterLab, VS Code, Colab): its stderr is no terminal,
+    but the notebook shows it and honours carriage returns. Told without importing IPython: a kernel has imported
+    ipykernel (sys.modules holds None for an import that was blocked)."""
+    return sys.modules.get("ipykernel") is not None
+
+
 def bars_wanted(requested: bool) -> bool:
-    """Whether to draw progress bars: when asked for and stderr is a terminal (in a log file or a pipe, bars
-    are carriage-return noise). The one place that decides it."""
+    """Whether to draw progress bars: when asked for and stderr is a terminal or a notebook's (in a log file or a
+    pipe, bars are carriage-return noise). The one place that decides it."""
     if not requested:
         return False
+    if in_notebook():
+        return True
     try:
         return sys.stderr is not None and sys.stderr.isatty()
     except (AttributeError, ValueError):  # a replaced or closed stderr
@@ -24,12 +34,15 @@ def bars_wanted(requested: bool) -> bool:
 
 
 class Progress:
-    """Bars when `enabled` and stderr is a terminal (bars_wanted); with `log`, or when bars were asked for but
-    stderr is no terminal, one timestamped line per finished training pass (bars or not)."""
+    """Bars when `enabled` and stderr is a terminal or a notebook's (bars_wanted); with `log`, or when bars were
+    asked for but stderr is neither, one timestamped line per finished training pass (bars or not). In a notebook
+    both bars share one line (the pass's bar while it trains, the levels' between passes): a notebook does not
+    move the cursor up, so a bar on a second line would print a new line at every refresh."""
 
     def __init__(self, enabled: bool, levels: int, log: bool = False) -> None:
         bars = bars_wanted(enabled)
         self.enabled, self.log = bars, log or (enabled and not bars)
+        self._line = 0 if in_notebook() else 1  # the iterations bar's line
         self._levels = tqdm(total=levels, desc="levels", unit="level", position=0, file=sys.stderr,
                             dynamic_ncols=True) if self.enabled and levels else None
         self._iterations: tqdm | None = None
@@ -47,7 +60,9 @@ class Progress:
     def iterations(self, name: str, total: int, initial: int) -> Callable[[int], None] | None:
         if not self.enabled:
             return None
-        self._iterations = tqdm(total=total, initial=initial, desc=name, unit="it", position=1, leave=False,
+        if self._line == 0 and self._levels is not None:
+            self._levels.clear()  # the pass's bar takes the levels' line
+        self._iterations = tqdm(total=total, initial=initial, desc=name, unit="it", position=self._line, leave=False,
                                 file=sys.stderr, dynamic_ncols=True, mininterval=0.5)
         return self._iterations.update
 
@@ -58,6 +73,8 @@ class Progress:
         if self._levels is not None:
             self._levels.update(self._pending)
             self._pending = 0
+            if self._line == 0:
+                self._levels.refresh()  # back on its line, whether or not update drew it
 
     def warn(self, text: str) -> None:
         """Always shown, progress bars or not."""
