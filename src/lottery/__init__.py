@@ -1,4 +1,5 @@
 """lottery: find winning lottery tickets with iterative magnitude pruning, and measure them honestly."""
+from lottery._version import __version__
 from lottery.pruning.arms import ARMS, register_arm
 from lottery.reports.claims import check_claims
 from lottery.config import DataConfig, ModelConfig, PruneConfig, RunConfig, TrainConfig
@@ -40,7 +41,7 @@ def __getattr__(name: str):  # type: ignore[no-untyped-def]
 
 
 __all__ = [
-    "attack_run", "compare_runs", "load_data", "noise_run", "stability_run", "transfer_run",
+    "__version__", "attack_run", "compare_runs", "load_data", "noise_run", "stability_run", "transfer_run",
     "ARMS", "CRITERIA", "check_claims", "write_report", "DataConfig", "Dataset", "MODELS", "ModelConfig", "PRESETS", "PruneConfig", "RunConfig",
     "RunOptions", "TrainConfig", "UserError", "build_model", "count", "find_tickets", "get_preset",
     "Ticket", "export_ticket", "load_ticket", "read_ticket", "to_torch_prune", "join_torchrun_group", "load_dataset", "percent_remaining", "prunable_roles", "prune_one_shot", "prune_round", "read_results",
