@@ -109,7 +109,7 @@ def test_the_edge_weights_are_prunable_as_edges_and_counted_apart(cora):
 @pytest.fixture(scope="module")
 def gcn_run(tmp_path_factory, shared_data):
     out = tmp_path_factory.mktemp("gcn")
-    assert cli.main(["find", "gcn-cora", "--levels", "2", "--trials", "2", "--iterations", "30", "--no-progress",
+    assert cli.main(["find", "gcn-cora", "--levels", "2", "--trials", "2", "--iterations", "6", "--no-progress",
                      "--arms", "imp,reinit,random,random-edges", "--out", str(out),
                      "--data-dir", str(shared_data)]) == 0
     (run,) = out.iterdir()
@@ -155,7 +155,7 @@ def test_edges_outside_every_labelled_nodes_receptive_field_keep_their_start(gcn
 
 
 def test_invariant_7_graph_arms_are_bit_reproducible_in_any_pass(gcn_run, tmp_path, shared_data):
-    assert cli.main(["find", "gcn-cora", "--levels", "2", "--trials", "2", "--iterations", "30", "--no-progress",
+    assert cli.main(["find", "gcn-cora", "--levels", "2", "--trials", "2", "--iterations", "6", "--no-progress",
                      "--arms", "imp,reinit,random,random-edges", "--out", str(tmp_path), "--max-replicas", "1",
                      "--data-dir", str(shared_data)]) == 0
     (again,) = tmp_path.iterdir()

@@ -115,7 +115,8 @@ def test_speech_models_count_their_weights_and_a_tiny_imp_run_trains(fsdd_dir, t
         model = lottery.build_model(lottery.get_preset(preset).model, shape, 10)
         assert sum(dict(model.named_parameters())[n].numel() for n in lottery.prunable_roles(model)) == weights
     config = lottery.get_preset("fsdd-cnn")
-    config.trials, config.prune.levels, config.train.iterations, config.train.eval_every = 1, 1, 60, 20
+    config.trials, config.prune.levels, config.train.iterations, config.train.eval_every = 1, 1, 40, 20
+    config.train.batch_size, config.train.test_curves = 16, False  # small steps; the test set once per network
     run = lottery.find_tickets(config, tmp_path / "run", data_dir=fsdd_dir, options=lottery.RunOptions(progress=False))
     rows = lottery.read_results(run)
     assert {(r["arm"], r["level"]) for r in rows} == {("imp", 0), ("imp", 1), ("reinit", 1), ("random", 1)}
