@@ -147,8 +147,13 @@ def test_a_second_writer_is_refused_and_readers_wait_for_the_writer(run_copy):
     with hold_run(run_copy, command="lottery find"):
         pid = f"PID {os.getpid()} (lottery find)"
         _one_line_exit_2(run_cli("find", *TINY, "--out", str(run_copy.parent)), "is in use by " + pid)
-        _one_line_exit_2(run_cli("report", str(run_copy)), pid)
         _one_line_exit_2(run_cli("claims", str(run_copy)), pid, "still being written")
+        # report reads what the writer has finished, writing only report/ under its own lock (lottery.reports.live)
+        before = {p: p.read_bytes() for p in run_copy.rglob("*") if p.is_file() and p.name != ".lock"}
+        assert run_cli("report", str(run_copy)).returncode == 0
+        assert f"lottery find (PID {os.getpid()}) is writing this run" in (run_copy / "report" / "report.md").read_text()
+        assert {p: p.read_bytes() for p in before} == before
+        assert {p for p in run_copy.rglob("*") if p.is_file()} - set(before) <= {run_copy / ".lock", *(run_copy / "report").iterdir()}
     assert run_cli("claims", str(run_copy)).returncode == 0  # released with the holder
 
 
@@ -158,10 +163,10 @@ def test_a_killed_writer_releases_the_lock(run_copy):
                                "    print('held', flush=True); time.sleep(60)"],
                               stdout=subprocess.PIPE, text=True, cwd=REPO)
     assert holder.stdout.readline().strip() == "held"
-    _one_line_exit_2(run_cli("report", str(run_copy)), f"PID {holder.pid}")
+    _one_line_exit_2(run_cli("claims", str(run_copy)), f"PID {holder.pid}")
     holder.send_signal(signal.SIGKILL)
     holder.wait()
-    assert run_cli("report", str(run_copy)).returncode == 0
+    assert run_cli("claims", str(run_copy)).returncode == 0
 
 
 def test_files_take_the_umask_and_no_temp_files_or_empty_folders_stay(run_copy):

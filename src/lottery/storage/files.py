@@ -2,7 +2,9 @@
 
 Every file appears whole (temp file + fsync + rename) or not at all, with the mode the umask gives. Every
 read names the file and the fix when the file is missing or broken. One writer at a time holds a run
-directory (an fcntl lock, released on exit and on a kill); readers refuse a run that is being written.
+directory (an fcntl lock, released on exit and on a kill); readers refuse a run that is being written,
+except `lottery report`, which writes only report/ under that folder's own lock and reads only what a writer
+has finished (lottery.reports.live).
 
 Layout of a run directory:
   config.toml                       the config (TOML)
@@ -15,6 +17,10 @@ Layout of a run directory:
   checkpoints/PASS.safetensors      an interrupted training pass (tensors + JSON metadata); removed when
                                     the pass ends, and the folder with its last pass
   .lock                             the run lock (PID and command of the process holding it)
+  report/                           `lottery report`'s figures and report.md, under report/.lock
+  tensorboard/, mlruns/             live metrics, with find --track (lottery.training.tracking)
+While a network trains, its curves.csv holds its curves so far (rewritten whole at each checkpoint); it is
+finished once metrics.json exists.
 """
 from __future__ import annotations
 
@@ -330,10 +336,15 @@ def writes_into_run(command: str) -> Callable[[Callable[..., T]], Callable[..., 
 
 
 def remove_temp_files(root: Path) -> None:
-    """Temp files a kill left mid-write: safe to remove while holding the run exclusively."""
-    for tmp in Path(root).rglob(".*.tmp"):
-        with contextlib.suppress(OSError):
-            tmp.unlink()
+    """Temp files a kill left mid-write: safe to remove while holding the run exclusively. A folder inside with
+    a lock of its own (report/) is left to its holder, which may be writing there now."""
+    root = Path(root)
+    found = list(root.rglob(".*"))
+    own = {p.parent for p in found if p.name == LOCK_NAME and p.parent != root}
+    for tmp in found:
+        if tmp.name.endswith(".tmp") and not own.intersection(tmp.parents):
+            with contextlib.suppress(OSError):
+                tmp.unlink()
 
 
 # --- paths -------------------------------------------------------------------------------------------
