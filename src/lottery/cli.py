@@ -202,6 +202,11 @@ def _training_flags(parser: argparse.ArgumentParser) -> None:
                         "from model size, free memory and device)")
     parser.add_argument("--checkpoint-seconds", type=float, default=60.0,
                         help="checkpoint a training pass this often (at most this much training is lost on a kill)")
+    if parser.prog.split()[-1] == "find":  # the experiments do not hand tracking to their passes (yet)
+        parser.add_argument("--track", metavar="NAME[,NAME]",
+                            help="live metrics while networks train: tensorboard (RUN_DIR/tensorboard) and/or mlflow "
+                                 "(RUN_DIR/mlruns, an offline file store); each needs its extra, e.g. "
+                                 "pip install 'lottery[tensorboard]'")
 
 
 def _run_options(args: argparse.Namespace) -> RunOptions:
@@ -212,8 +217,16 @@ def _run_options(args: argparse.Namespace) -> RunOptions:
         raise UserError(f"--max-replicas must be at least 1, got {args.max_replicas}")
     if not (math.isfinite(args.checkpoint_seconds) and args.checkpoint_seconds >= 0):
         raise UserError(f"--checkpoint-seconds must be a finite number, 0 or more, got {args.checkpoint_seconds}")
+    track: tuple[str, ...] = ()
+    if getattr(args, "track", None) is not None:
+        from lottery.training.tracking import check_trackers
+
+        track = tuple(dict.fromkeys(name.strip() for name in args.track.split(",") if name.strip()))
+        if not track:
+            raise UserError("--track is empty; name tensorboard, mlflow or both")
+        check_trackers(track, flag="--track")
     return RunOptions(device=_device(args.device), progress=not args.no_progress, log_passes=args.no_progress,
-                      checkpoint_seconds=args.checkpoint_seconds, max_replicas=args.max_replicas)
+                      checkpoint_seconds=args.checkpoint_seconds, max_replicas=args.max_replicas, track=track)
 
 
 def _numbers(text: str | None, kind: type, flag: str) -> list | None:

@@ -25,6 +25,7 @@ from lottery.options import RunOptions
 from lottery.order import derive_seed
 from lottery.training.cost import train_flops_per_iteration
 from lottery.training.passes import TrainingPass
+from lottery.training.tracking import PassWatch, open_sinks
 from lottery.procedure.levels import NetworkId, Procedure
 from lottery.training.progress import Progress, pass_summary
 from lottery.ranks import Ranks
@@ -146,8 +147,15 @@ class _BuiltinTrainer:
                            f"({'as asked' if options.max_replicas else 'chosen from model size, memory and device'})")
 
     def run(self) -> None:
-        for networks in self.procedure.rounds():
-            self._train_round(networks)
+        # Live metrics (options.track): opened here, written only once a network logs, closed (flushed) on
+        # the way out, a failure's included, so what was logged is on disk.
+        self.sinks, opened = open_sinks(self.options.trackers, self.store.root, run_hash=self.config.run_hash())
+        try:
+            for networks in self.procedure.rounds():
+                self._train_round(networks)
+        finally:
+            for sink in opened:
+                sink.close()
         self.progress.close()
 
     def _train_round(self, jobs: list[NetworkId]) -> None:
@@ -177,6 +185,14 @@ class _BuiltinTrainer:
                     self._train_chunk(name if len(chunks) == 1 else f"{name}_part{index}", remaining, levels)
         self.ranks.barrier()  # the next level's masks need every rank's results
 
+    def _watch(self, jobs: list[NetworkId]) -> PassWatch:
+        """The pass's networks by their folders in the run (trial_T/level_LL/ARM): their evaluations to the
+        sinks, their curves so far into their curves.csv at each checkpoint (record() writes the whole curves
+        last, and metrics.json after them: a network is finished only then)."""
+        folders = [self.store.arm_dir(j.trial, j.level, j.arm) for j in jobs]
+        return PassWatch([f.relative_to(self.store.root).as_posix() for f in folders], self.sinks,
+                         curves=[self.store.curves_path(j.trial, j.level, j.arm) for j in jobs])
+
     def _train_chunk(self, name: str, jobs: list[NetworkId], levels: list[int]) -> None:
         """One pass: the networks' starts from the procedure, trained together, recorded through the seam."""
         starts = [self.procedure.start(job) for job in jobs]
@@ -191,7 +207,8 @@ class _BuiltinTrainer:
                            [derive_seed(self.config.seed, "order", t) for t in stream_trials],
                            self.store.checkpoint_paths(name)[0], start_iteration=start_iteration,
                            track_path=self.procedure.track_path, augment=self.config.data.augment,
-                           checkpoint_seconds=self.options.checkpoint_seconds, warn=self.progress.warn)
+                           checkpoint_seconds=self.options.checkpoint_seconds, warn=self.progress.warn,
+                           watch=self._watch(jobs))
         bar = self.progress.iterations(name, cfg.iterations - start_iteration, run.iteration - start_iteration)
 
         def save_rewind_points(tr: StackedTrainer, _iteration: int) -> None:

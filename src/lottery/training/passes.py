@@ -4,6 +4,11 @@
 transfer, stability's copies) and stability's dense trunk all train with. A checkpoint is one safetensors
 file (tensors + JSON metadata), written atomically at evaluation points at most every
 `checkpoint_seconds`; it is used again only if it holds the same replicas (or more of them).
+
+A pass can be watched while it trains (`watch`, lottery.training.tracking.PassWatch): each evaluation goes to
+the metric sinks (TensorBoard, MLflow), and each network's curves so far are written, atomically, with each
+checkpoint (not at every evaluation: an fsynced file per replica per evaluation would cost a long run several
+percent; a checkpoint's cadence costs nothing measurable). The watch only reads the trainer: no result changes.
 """
 from __future__ import annotations
 
@@ -26,6 +31,7 @@ from lottery.ranks import Ranks
 from lottery.errors import UserError
 from lottery.storage.files import NetworkFiles, load_metadata, load_tensors, remove_empty_folder, save_json, save_tensors
 from lottery.training.trainer import ReplicaResult, ReplicaSpec, StackedTrainer
+from lottery.training.tracking import PassWatch
 
 
 def resume(trainer: StackedTrainer, keys: list[str], checkpoint: Path,
@@ -58,9 +64,11 @@ def _warn(text: str) -> None:
 def train_with_checkpoints(trainer: StackedTrainer, keys: list[str], checkpoint: Path, until: int,
                            checkpoint_seconds: float = 60.0, on_progress: Callable[[int], None] | None = None,
                            save_until: int | None = None,
-                           on_evaluation: Callable[[StackedTrainer], None] | None = None) -> None:
+                           on_evaluation: Callable[[StackedTrainer], None] | None = None,
+                           on_checkpoint: Callable[[StackedTrainer], None] | None = None) -> None:
     """Train to iteration `until`, checkpointing at evaluation points before `save_until` (default: `until`;
-    a pass that ends there needs no checkpoint). Call `resume` first to continue an interrupted pass."""
+    a pass that ends there needs no checkpoint). Call `resume` first to continue an interrupted pass.
+    `on_checkpoint(trainer)` runs just before each checkpoint is written."""
     last_save = time.monotonic()
     save_until = until if save_until is None else save_until
 
@@ -69,6 +77,8 @@ def train_with_checkpoints(trainer: StackedTrainer, keys: list[str], checkpoint:
         if on_evaluation:  # before the checkpoint: what it writes is never behind a checkpoint's iteration
             on_evaluation(tr)
         if tr.iteration < save_until and time.monotonic() - last_save >= checkpoint_seconds:
+            if on_checkpoint:  # before it, too: what it writes is never behind the checkpoint
+                on_checkpoint(tr)
             tensors, meta = tr.state()
             meta["keys"] = keys
             save_tensors(checkpoint, tensors, {"meta": json.dumps(meta)})
@@ -84,17 +94,23 @@ class TrainingPass:
         run = TrainingPass(model, data, cfg, specs, keys, stream_seeds, checkpoint, ...)
         run.train(cfg.iterations, stops=[k], on_stop=save_theta_k)   # on_stop once per stop, resumed or not
         results = run.results(); ...save them...; run.finish()        # the checkpoint is no longer needed
+
+    `watch` (optional) sees the pass: where it (re)starts, each evaluation, each checkpoint, and its end
+    (in `finish`, after the results are saved).
     """
 
     def __init__(self, model: nn.Module, data: Dataset, cfg: TrainConfig, specs: list[ReplicaSpec], keys: list[str],
                  stream_seeds: list[int], checkpoint: Path, *, start_iteration: int = 0, track_path: bool = False,
                  augment: str = "none", checkpoint_seconds: float = 60.0,
-                 warn: Callable[[str], None] | None = None) -> None:
+                 warn: Callable[[str], None] | None = None, watch: PassWatch | None = None) -> None:
         self.trainer = StackedTrainer(model, specs, data, cfg, stream_seeds, start_iteration,
                                       track_path=track_path, augment=augment)
         self.keys, self.checkpoint, self.checkpoint_seconds = keys, checkpoint, checkpoint_seconds
         self.start_iteration = start_iteration
         self.resumed_at = resume(self.trainer, keys, checkpoint, warn)
+        self.watch, self._results = watch, None
+        if watch is not None:
+            watch.begin(self.trainer, self.resumed_at)
 
     @property
     def iteration(self) -> int:
@@ -105,19 +121,31 @@ class TrainingPass:
               on_evaluation: Callable[[StackedTrainer], None] | None = None) -> None:
         """Train to `until`; at each iteration of `stops` (> 0) not passed yet, call `on_stop(trainer, it)`;
         `on_evaluation(trainer)` at every evaluation point (replayed the same after a resume)."""
+        watch, on_checkpoint = self.watch, None
+        if watch is not None:
+            def evaluated(tr: StackedTrainer, caller: Callable[[StackedTrainer], None] | None = on_evaluation) -> None:
+                if caller:
+                    caller(tr)
+                watch.evaluated(tr)
+            on_evaluation, on_checkpoint = evaluated, watch.checkpoint
         for stop in sorted(s for s in stops if 0 < s <= until):
             if self.trainer.iteration <= stop:  # a checkpoint may be at the stop itself: call it all the same
                 train_with_checkpoints(self.trainer, self.keys, self.checkpoint, stop, self.checkpoint_seconds,
-                                       on_progress, save_until=until, on_evaluation=on_evaluation)
+                                       on_progress, save_until=until, on_evaluation=on_evaluation,
+                                       on_checkpoint=on_checkpoint)
                 if on_stop:
                     on_stop(self.trainer, stop)
         train_with_checkpoints(self.trainer, self.keys, self.checkpoint, until, self.checkpoint_seconds, on_progress,
-                               on_evaluation=on_evaluation)
+                               on_evaluation=on_evaluation, on_checkpoint=on_checkpoint)
 
     def results(self) -> list[ReplicaResult]:
-        return self.trainer.results()
+        self._results = self.trainer.results()
+        return self._results
 
     def finish(self) -> None:
+        if self.watch is not None:
+            self.watch.end(self._results)
+        self._results = None
         finish_pass(self.checkpoint)
 
 
