@@ -41,6 +41,9 @@ def _finish(proc: subprocess.Popen) -> str:
 def _digest(path: Path) -> str:
     if path.suffix == ".safetensors":  # its tensors and metadata: safetensors orders metadata keys at random
         return tensor_digest(load_tensors(path)) + json.dumps(load_metadata(path), sort_keys=True)
+    if path.name == "run.json":  # the environment it records names the threads each process ran on
+        info = json.loads(path.read_text())
+        return json.dumps({k: v for k, v in info.items() if k not in ("environment", "environments")}, sort_keys=True)
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
