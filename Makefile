@@ -49,8 +49,12 @@ install-dev: $(DEV_STAMP)
 demo: install
 	$(BIN)/lottery find mnist1d-mlp --out runs --report
 
+# The fast tier on every core (pytest-xdist), a file per worker so that its module fixtures are made once, and
+# one thread per worker so that the workers do not fight over the cores. The tests that must hold on several
+# threads set them themselves (conftest.torch_threads); the second tier runs on the default threads.
+TEST_WORKERS ?= auto
 test: install-dev
-	LOTTERY_TEST_DATA=$(abspath $(DATA)) $(BIN)/python -m pytest -m "not slow"
+	OMP_NUM_THREADS=1 LOTTERY_TEST_DATA=$(abspath $(DATA)) $(BIN)/python -m pytest -m "not slow" -n $(TEST_WORKERS) --dist loadfile
 
 # pytest exits 5 when it collects no test: a second tier with nothing marked slow yet is not a failure.
 test-all: install-dev

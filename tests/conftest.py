@@ -1,9 +1,11 @@
 """Shared fixtures. Tests use the real, byte-exact datasets in ../shared/data; in CI a missing dataset fails."""
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -87,6 +89,32 @@ def tiny_config(**prune: object) -> lottery.RunConfig:
     for key, value in prune.items():
         setattr(config.prune, key, value)
     return config
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run a block on n threads whatever the process has (`make test` gives each worker one): for the results
+    that must stay bit-exact where several threads add in an order of their own."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def run_main(*args: str) -> subprocess.CompletedProcess:
+    """`lottery ARGS` in this process (lottery.cli.main, stdout and stderr captured): for refusals, which need no
+    process of their own and cost a second or two of torch's import each as one. run_cli runs the real console
+    command in a process of its own (kills, locks held by another PID, umask, torchrun)."""
+    import io
+
+    from lottery import cli
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli.main(list(args))
+    return subprocess.CompletedProcess(["lottery", *args], code, out.getvalue(), err.getvalue())
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:

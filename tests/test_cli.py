@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, run_cli
+from conftest import REPO, run_cli, run_main
 
 TINY = ["--iterations", "120", "--levels", "2", "--trials", "2", "--arms", "imp,reinit", "--set", "model.hidden=32,32",
         "--set", "train.eval_every=20", "--set", "train.batch_size=50", "--no-progress"]
@@ -45,7 +45,7 @@ TINY = ["--iterations", "120", "--levels", "2", "--trials", "2", "--arms", "imp,
     (["claims", "/nonexistent/run"], "no results.csv"),
 ])
 def test_bad_input_is_one_line_exit_2_and_writes_no_run(tmp_path, args, fragment):
-    result = run_cli(*args, "--out", str(tmp_path / "runs")) if args[0] == "find" else run_cli(*args)
+    result = run_main(*args, "--out", str(tmp_path / "runs")) if args[0] == "find" else run_main(*args)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("lottery: error:") and fragment in lines[0], result.stderr

@@ -112,6 +112,7 @@ def test_two_processes_write_the_single_process_run_bit_for_bit_and_a_killed_wor
     assert "torchrun group of 2" in (run / ".lock").read_text()
 
 
+@pytest.mark.slow  # second tier (make test-all): more torchrun groups of the same invariant
 def test_two_machines_are_two_torchrun_invocations_with_one_rendezvous(single, shared_data, tmp_path):
     port = str(_free_port())
     procs = [_torchrun(["--nnodes", "2", "--node-rank", str(node), "--nproc-per-node", "1",
@@ -124,6 +125,7 @@ def test_two_machines_are_two_torchrun_invocations_with_one_rendezvous(single, s
     assert _files(tmp_path / single.name) == _files(single)
 
 
+@pytest.mark.slow  # second tier (make test-all): more torchrun groups of the same invariant
 def test_experiments_split_their_networks_and_match_one_process(single, shared_data, tmp_path):
     import shutil
 

@@ -10,7 +10,7 @@ from lottery.storage.files import load_csv
 from lottery.training.forwards import stacked_forward_for
 from lottery.experiments.transfer import transfer_run
 
-from conftest import run_cli
+from conftest import run_main
 
 
 def small_mnist_config() -> lottery.RunConfig:
@@ -133,7 +133,7 @@ def test_experiment_commands_reject_bad_input_in_one_line(small_run, tmp_path):
         ("transfer", str(small_run), "--to", "mnist1d"),  # 784 inputs in the source, 40 on the target
     ]
     for args in cases:
-        result = run_cli(*args)
+        result = run_main(*args)
         assert result.returncode == 2, (args, result.stderr)
         assert result.stderr.count("\n") == 1 and result.stderr.startswith("lottery: error:"), (args, result.stderr)
     # A ticket that cannot fit the target model is refused before any target run is trained.

@@ -12,6 +12,8 @@ from lottery.models import build_model
 from lottery.models.gcn import GATHER_MAX_WIDTH, GCN
 from lottery.storage.files import load_tensors
 
+from conftest import torch_threads
+
 
 @pytest.fixture(scope="module")
 def cora(shared_data):
@@ -109,9 +111,10 @@ def test_the_edge_weights_are_prunable_as_edges_and_counted_apart(cora):
 @pytest.fixture(scope="module")
 def gcn_run(tmp_path_factory, shared_data):
     out = tmp_path_factory.mktemp("gcn")
-    assert cli.main(["find", "gcn-cora", "--levels", "2", "--trials", "2", "--iterations", "6", "--no-progress",
-                     "--arms", "imp,reinit,random,random-edges", "--out", str(out),
-                     "--data-dir", str(shared_data)]) == 0
+    with torch_threads(2):  # the sums of the sparse products on two threads: in index order, the same bits
+        assert cli.main(["find", "gcn-cora", "--levels", "2", "--trials", "2", "--iterations", "6", "--no-progress",
+                         "--arms", "imp,reinit,random,random-edges", "--out", str(out),
+                         "--data-dir", str(shared_data)]) == 0
     (run,) = out.iterdir()
     return run
 
@@ -155,9 +158,10 @@ def test_edges_outside_every_labelled_nodes_receptive_field_keep_their_start(gcn
 
 
 def test_invariant_7_graph_arms_are_bit_reproducible_in_any_pass(gcn_run, tmp_path, shared_data):
-    assert cli.main(["find", "gcn-cora", "--levels", "2", "--trials", "2", "--iterations", "6", "--no-progress",
-                     "--arms", "imp,reinit,random,random-edges", "--out", str(tmp_path), "--max-replicas", "1",
-                     "--data-dir", str(shared_data)]) == 0
+    with torch_threads(2):
+        assert cli.main(["find", "gcn-cora", "--levels", "2", "--trials", "2", "--iterations", "6", "--no-progress",
+                         "--arms", "imp,reinit,random,random-edges", "--out", str(tmp_path), "--max-replicas", "1",
+                         "--data-dir", str(shared_data)]) == 0
     (again,) = tmp_path.iterdir()
     for path in sorted(gcn_run.rglob("*.safetensors")):
         a, b = load_tensors(path), load_tensors(again / path.relative_to(gcn_run))

@@ -278,10 +278,10 @@ def _find(args: argparse.Namespace) -> dict | None:
     if not args.json:
         print(f"run: {run_dir}", flush=True)
     find_tickets(config, run_dir, data_dir=args.data_dir, options=options)
-    from lottery.ranks import Ranks, leave_group
+    from lottery.ranks import Ranks, finish_group
 
     leader = Ranks.current().leader
-    leave_group()  # the group's work is done: what follows reads the run, on rank 0 alone
+    finish_group()  # the group's work is done: what follows reads the run, on rank 0 alone
     if not leader:
         return None
     notes = [note for note in (late_stop_note(run_dir, config.train.iterations), diverged_note(run_dir),
@@ -594,7 +594,7 @@ SPLIT_COMMANDS = ("find", "attack", "noise", "transfer", "stability")
 
 
 def main(argv: list[str] | None = None) -> int:
-    from lottery.ranks import GroupStopped, Ranks, join_torchrun_group, leave_group, under_torchrun
+    from lottery.ranks import GroupStopped, Ranks, finish_group, join_torchrun_group, leave_group, under_torchrun
 
     try:
         args = _parser().parse_args(argv)
@@ -616,6 +616,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(_json_document(result))
         else:
             command(args)
+        finish_group()  # a split command's ranks leave together (an error leaves at once, below)
         sys.stdout.flush()  # here, so that a reader gone away (`| head`) is caught below
     except _Done:
         return 0
