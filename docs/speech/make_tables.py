@@ -17,7 +17,7 @@ from statistics import mean
 import torch
 
 from lottery.data.fsdd import SPEAKERS, speakers_of
-from lottery.reports.figures import plt, save_figure
+from lottery.reports.figures import save_figure, subplots
 from lottery.storage.finished import model_and_data, open_run
 
 
@@ -69,7 +69,7 @@ def main() -> None:
             if level in (0, 3, 6, 8, 10):
                 print(f"| {speaker} | {level} | {percent:.1f}% | " + " | ".join(f"{100 * c:.1f}" for c in cells)
                       + f" | {100 * reference:.1f} (level {std_level}) |")
-    figure, axis = plt.subplots(figsize=(6.4, 4.2))
+    figure, axis = subplots(figsize=(6.4, 4.2))
     for arm, style in (("imp", "-o"), ("reinit", "--s"), ("random", ":^"), ("imp, speaker in training", "-.d")):
         points = sorted(curves[arm].items(), reverse=True)
         axis.plot([p for p, _ in points], [100 * mean(v) for _, v in points], style, label=arm, markersize=4)

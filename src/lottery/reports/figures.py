@@ -2,15 +2,13 @@
 
 Figures are made with matplotlib's object API (matplotlib.figure.Figure, saved with its own savefig), never
 through pyplot: no backend is chosen or switched and no figure joins pyplot's list, so a user's session (a
-notebook, their own open figures) is left as it was. `plt` is the little of pyplot's interface the figure
-code uses (subplots, get_cmap), made that way.
+notebook, their own open figures) is left as it was.
 """
 from __future__ import annotations
 
 import io
 import math
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import matplotlib
@@ -31,13 +29,6 @@ def subplots(nrows: int = 1, ncols: int = 1, *, figsize: tuple[float, float] | N
 
 def get_cmap(name: str) -> Colormap:
     return matplotlib.colormaps[name]
-
-
-def close(fig: Figure) -> None:
-    """Nothing to close: a Figure made here is not in pyplot's list; it goes when it is no longer referenced."""
-
-
-plt = SimpleNamespace(subplots=subplots, get_cmap=get_cmap, close=close, Axes=Axes, Figure=Figure)
 
 
 def spread(values: list[float]) -> tuple[float, float, float]:

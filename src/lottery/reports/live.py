@@ -97,9 +97,9 @@ def report_hold(store: RunStore, arms: list[str]) -> Iterator[LiveRun | None]:
 
 def training_figure(live: LiveRun, path: Path) -> None:
     """Validation accuracy so far of each network still training (one colour per level and arm)."""
-    from lottery.reports.figures import plt, save_figure
+    from lottery.reports.figures import save_figure, subplots
 
-    fig, ax = plt.subplots(figsize=(7.2, 4.6))
+    fig, ax = subplots(figsize=(7.2, 4.6))
     colours: dict[str, str] = {}
     for network, curve in sorted(live.training.items()):
         group = "/".join(network.split("/")[1:]) or network  # level_LL/ARM: trials share a colour
