@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, run_cli
+from conftest import REPO, require, run_cli
 from lottery import cli
 
 TINY = ["mnist1d-mlp", "--levels", "1", "--iterations", "20", "--trials", "1", "--arms", "imp,reinit",
@@ -97,8 +97,7 @@ def test_export_json(found, capsys, tmp_path):
 
 
 def test_export_onnx_json(found, capsys, tmp_path):
-    pytest.importorskip("onnxruntime")
-    pytest.importorskip("onnxscript")
+    require("onnxruntime"), require("onnxscript")  # the export extra: skipped without it, except in CI
     run_dir, _ = found
     code, out, err = _main(capsys, "export", str(run_dir), "--level", "1", "--format", "onnx",
                            "--out", str(tmp_path / "t.onnx"), "--json")
