@@ -25,6 +25,25 @@ LATER_COLUMNS = ["train_accuracy_examples", "train_iterations", "train_flops", "
 LATER_FLOATS = {"cost_to_find", "cost_total", "percent_edges_remaining"}
 
 
+NUMBER = (int, float)  # JSON numbers; NaN (not measured) is a float
+OPTIONAL_INT = (int, type(None))
+OPTIONAL_NUMBER = (int, float, type(None))
+# What metrics.json's writer (procedure/levels.py, RunRecorder.record) puts in each field: read_metrics checks
+# every field it finds against this, so a wrong-typed value is named in its file, not met deep in a reader.
+METRIC_TYPES: dict[str, type | tuple[type, ...]] = {
+    "arm": str, "trial": int, "level": int, "percent_remaining": NUMBER, "weights_remaining": int,
+    "prunable_weights": int, "early_stop_iteration": int, "early_stop_val_loss": NUMBER,
+    "early_stop_test_accuracy": NUMBER, "final_test_accuracy": NUMBER, "final_train_accuracy": NUMBER,
+    "mask_digest": str, "steps": int,
+    **{c: (OPTIONAL_NUMBER if c in LATER_FLOATS else OPTIONAL_INT) for c in LATER_COLUMNS},
+}
+
+
+def read_metrics(path: Path, keys: tuple[str, ...] = tuple(RESULT_COLUMNS)) -> dict[str, Any]:
+    """A network's metrics.json: an object holding `keys`, every known field of its type (METRIC_TYPES)."""
+    return load_json(path, keys, METRIC_TYPES)
+
+
 def collect_results(store: RunStore, trials: list[int], levels: list[int], arms: tuple[str, ...] = ("imp",)) -> list[dict[str, Any]]:
     rows = []
     for arm in arms:
@@ -32,7 +51,7 @@ def collect_results(store: RunStore, trials: list[int], levels: list[int], arms:
             for trial in trials:
                 path = store.metrics_path(trial, level, arm)
                 if path.exists():
-                    metrics = load_json(path, tuple(RESULT_COLUMNS))
+                    metrics = read_metrics(path)
                     row = {c: metrics.get(c, "") for c in RESULT_COLUMNS + LATER_COLUMNS}
                     if "steps" in metrics:  # a user's loop: the steps it took (the ledger's train_iterations)
                         row["steps"] = metrics["steps"]
