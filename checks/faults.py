@@ -8,12 +8,25 @@
 - files:  every kind of run file truncated, emptied or replaced by garbage, then every command that reads it;
           each outcome must be one line with exit code 2 naming the file, or success (caches, unread files).
 - inputs: bad command lines; each must be one line with exit code 2.
+- links:  symbolic links inside a run (.lock, report/.lock, checkpoints/, a trial folder, a level folder) against
+          every command that writes there; each must be one line with exit code 2 naming the link, and the
+          link's target must be untouched (bytes, mtime, every file still there).
+- json:   run files holding valid JSON of the wrong type (the whole file or one field: 42, [], null, a string,
+          an object) against every command that reads them.
+- tensors: well-formed safetensors with the wrong tensors (none, one renamed, shapes halved, one bit flipped)
+          against every command that reads them.
+- nonregular: a named pipe or a folder in place of a run file (a pipe must not block).
+- api:    the Python API with a bad model, data or config; each must raise lottery.UserError before writing.
+Every case counts as: clean (one line, exit 2, the file named; UserError for the API), succeeded (the damage is
+in a file the command does not need, or a cache it rebuilds), traceback, other; and lost: a good file changed or
+gone after the command (the damaged file and the command's own output folder excepted).
 Tracebacks are counted everywhere: the campaign's target is none.
 """
 from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
 import random
 import shutil
@@ -254,11 +267,306 @@ def bad_inputs(work: Path) -> None:
         print("  " + line)
 
 
+# --- issue 37: links, wrong-typed JSON, wrong tensors, non-regular files, the API ---------------------------
+READERS = {  # every command that reads a finished run, as argv from the run's path
+    "find (same)": lambda r: ["find", *TINY, "--out", str(r.parent)],
+    "find (extend)": lambda r: ["find", *TINY, "--levels", "3", "--out", str(r.parent)],
+    "report": lambda r: ["report", str(r)], "claims": lambda r: ["claims", str(r)],
+    "noise": lambda r: ["noise", str(r), "--levels", "1", "--draws", "1", "--no-progress"],
+    "attack": lambda r: ["attack", str(r), "--examples", "50", "--steps", "1", "--no-progress"],
+    "compare": lambda r: ["compare", str(r), str(r), "--labels", "a,b", "--out", str(r.parent / "cmp")],
+    "transfer": lambda r: ["transfer", str(r), "--against", str(r), "--levels", "1", "--no-progress"],
+    "stability": lambda r: ["stability", str(r), "--levels", "1", "--rewind", "0", "--alphas", "3", "--trials", "0",
+                            "--arms", "imp", "--train-examples", "200", "--no-progress"],
+    "export": lambda r: ["export", str(r), "--level", "1", "--out", str(r.parent / "ticket.safetensors")],
+}
+OUTPUTS = ("report", "noise", "attack", "transfer", "stability", "checkpoints", "tensorboard", "mlruns")
+
+
+def _snapshot(run_dir: Path) -> dict[str, str]:
+    """Every good file of a run (the command's own output folders excepted) by content."""
+    return {str(p.relative_to(run_dir)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(run_dir.rglob("*")) if p.is_file() and not p.is_symlink()
+            and not set(OUTPUTS) & set(p.relative_to(run_dir).parts) and not p.name.startswith(".")}
+
+
+class Tally:
+    """Counts of one part of the campaign, and the cases worth a look."""
+
+    KINDS = ("clean", "succeeded", "traceback", "other")
+
+    def __init__(self, name: str) -> None:
+        self.name, self.counts, self.lost, self.notes = name, dict.fromkeys(self.KINDS, 0), 0, []
+
+    def judge(self, label: str, result: subprocess.CompletedProcess, named: str, lost: list[str]) -> None:
+        lines = result.stderr.strip().splitlines()
+        last = lines[-1] if lines else ""
+        if "Traceback" in result.stderr:
+            kind = "traceback"
+        elif result.returncode == 0:
+            kind = "succeeded"
+        elif result.returncode == 2 and len(lines) == 1 and named in lines[0]:
+            kind = "clean"
+        else:
+            kind = "other"
+        self.counts[kind] += 1
+        if kind in ("traceback", "other"):
+            self.notes.append(f"{kind}: {label}: rc {result.returncode}: {last[:160]}")
+        if lost:
+            self.lost += 1
+            self.notes.append(f"LOST: {label}: {', '.join(lost[:3])}")
+
+    def print(self) -> None:
+        cases = sum(self.counts.values())
+        print(f"{self.name}: {cases} cases: " + ", ".join(f"{k} {v}" for k, v in self.counts.items())
+              + f"; lost {self.lost}")
+        for note in self.notes:
+            print("  " + note)
+
+
+def _finished_run(work: Path, name: str) -> Path:
+    base = work / name / "base"
+    result = lottery("find", *TINY, "--out", str(base))
+    assert result.returncode == 0, result.stderr
+    return only_run(base)
+
+
+def _fresh_copy(run: Path, work: Path, name: str) -> Path:
+    copy = work / name / "case" / run.name
+    shutil.rmtree(copy.parent, ignore_errors=True)
+    shutil.copytree(run, copy, symlinks=True)
+    return copy
+
+
+def _run_case(tally: Tally, label: str, copy: Path, argv: list[str], damaged: str, named: str,
+              timeout: int = 300) -> None:
+    before = _snapshot(copy)
+    try:
+        result = lottery(*argv, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        result = subprocess.CompletedProcess(argv, -1, "", f"blocked for {timeout} s")
+    after = _snapshot(copy)
+    lost = [k for k, v in before.items() if k != damaged and after.get(k) != v]
+    tally.judge(label, result, named, lost)
+
+
+def _tree_state(folder: Path) -> dict[str, tuple[str, int]]:
+    return {str(p.relative_to(folder)): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def links(work: Path) -> None:
+    print("## links inside a run directory")
+    run = _finished_run(work, "links")
+    tally = Tally("links")
+    outside = work / "links" / "outside"
+    link_targets = {  # where the link sits -> (what it points at: a file or a folder)
+        ".lock": "notes.txt", "report/.lock": "notes.txt", "checkpoints": "models",
+        "trial_0": "trial_copy", "trial_0/level_01": "level_copy", "trial_0/level_01/imp/metrics.json": "metrics.json",
+    }
+    commands = {**READERS, "find (checkpointing)": None}
+    for where, target_name in link_targets.items():
+        for command, argv in commands.items():
+            copy = _fresh_copy(run, work, "links")
+            shutil.rmtree(outside, ignore_errors=True)
+            outside.mkdir(parents=True)
+            target = outside / target_name
+            link = copy / where
+            if target_name == "notes.txt":
+                target.write_text("my notes\n")
+            elif target_name == "models":
+                target.mkdir()
+                (target / "precious.safetensors").write_bytes(b"weights I trained elsewhere")
+            elif target_name == "metrics.json":
+                shutil.copy2(link, target)
+            else:
+                shutil.copytree(link, target)
+            if link.is_dir() and not link.is_symlink():
+                shutil.rmtree(link)
+            else:
+                link.unlink(missing_ok=True)
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(target)
+            state = _tree_state(outside)
+            if argv is None:  # a run cut mid-pass: its checkpoint is written and removed through the link
+                argv = ["find", *TINY, "--levels", "4", "--checkpoint-seconds", "0", "--out", str(copy.parent)]
+            try:
+                result = lottery(*argv(copy) if callable(argv) else argv, timeout=300)
+            except subprocess.TimeoutExpired:
+                result = subprocess.CompletedProcess(argv, -1, "", "blocked")
+            changed = [k for k, v in state.items() if _tree_state(outside).get(k) != v]
+            label = f"{where} -> {target_name} / {command}"
+            # A command that never touches the linked path may succeed; one that does must refuse it.
+            tally.judge(label, result, where.split("/")[-1], [f"outside/{c}" for c in changed])
+    tally.print()
+
+
+WRONG_VALUES = {"42": 42, "list": [], "null": None, "string": "x", "object": {"a": 1}}
+
+
+def wrong_json(work: Path) -> None:
+    print("## valid JSON of the wrong type")
+    run = _finished_run(work, "json")
+    tally = Tally("wrong-typed JSON")
+    metrics = "trial_0/level_01/imp/metrics.json"
+    cases: list[tuple[str, str, object]] = []  # (file, field or "" for the whole file, value)
+    for value_name in WRONG_VALUES:
+        cases.append((metrics, "", value_name))
+        cases.append(("run.json", "", value_name))
+    for field in ("final_test_accuracy", "trial", "mask_digest"):
+        for value_name in ("list", "null", "string"):
+            cases.append((metrics, field, value_name))
+    for field in ("run_hash", "model"):
+        for value_name in ("42", "null"):
+            cases.append(("run.json", field, value_name))
+    for relative, field, value_name in cases:
+        for command, argv in READERS.items():
+            copy = _fresh_copy(run, work, "json")
+            path = copy / relative
+            value = WRONG_VALUES[value_name]
+            if field:
+                document = json.loads(path.read_text())
+                document[field] = value
+                value = document
+            path.write_text(json.dumps(value))
+            _run_case(tally, f"{relative}{'[' + field + ']' if field else ''}={value_name} / {command}", copy,
+                      argv(copy), relative, Path(relative).name)
+    tally.print()
+
+
+def _wrong_tensors(path: Path, how: str) -> None:
+    from safetensors.torch import load_file, save_file
+    import torch
+
+    tensors = load_file(str(path))
+    if how == "empty":
+        tensors = {}
+    elif how == "renamed":
+        first = sorted(tensors)[0]
+        tensors[first + "_renamed"] = tensors.pop(first)
+    elif how == "halved":
+        tensors = {k: v.flatten()[: max(1, v.numel() // 2)].clone() for k, v in tensors.items()}
+    elif how == "flipped":  # one bit of the data, the header (and its digest) kept
+        data = bytearray(path.read_bytes())
+        data[-1] ^= 0x01
+        path.write_bytes(bytes(data))
+        return
+    save_file(tensors, str(path))  # no digest: a file another tool wrote
+    del torch
+
+
+def wrong_tensors(work: Path) -> None:
+    print("## well-formed safetensors holding the wrong tensors")
+    run = _finished_run(work, "tensors")
+    tally = Tally("wrong tensors")
+    targets = ["trial_0/init.safetensors", "trial_0/level_01/mask.safetensors",
+               "trial_0/level_01/reinit/start.safetensors", "trial_0/level_01/imp/final.safetensors",
+               "trial_0/level_02/imp/final.safetensors"]
+    for relative in targets:
+        for how in ("empty", "renamed", "halved", "flipped"):
+            for command, argv in READERS.items():
+                copy = _fresh_copy(run, work, "tensors")
+                if not (copy / relative).exists():
+                    continue
+                _wrong_tensors(copy / relative, how)
+                _run_case(tally, f"{relative} {how} / {command}", copy, argv(copy), relative, Path(relative).name)
+    tally.print()
+
+
+def non_regular(work: Path) -> None:
+    print("## named pipes and folders in place of run files")
+    run = _finished_run(work, "nonregular")
+    tally = Tally("non-regular files")
+    for relative in ("results.csv", "config.toml", "run.json", "trial_0/level_01/imp/metrics.json",
+                     "trial_0/level_01/mask.safetensors", "trial_0/level_01/imp/final.safetensors"):
+        for kind in ("fifo", "folder"):
+            for command, argv in READERS.items():
+                copy = _fresh_copy(run, work, "nonregular")
+                path = copy / relative
+                path.unlink()
+                os.mkfifo(path) if kind == "fifo" else path.mkdir()
+                _run_case(tally, f"{relative} as a {kind} / {command}", copy, argv(copy), relative, Path(relative).name,
+                          timeout=120)
+    tally.print()
+
+
+API_CASES = {  # name -> the body of a script; `config`, `data` and `out` are defined before it
+    "model_fn returns None": "lottery.find_tickets(config, out, model_fn=lambda: None, data=data)",
+    "model_fn returns a function": "lottery.find_tickets(config, out, model_fn=lambda: print, data=data)",
+    "integer logits": "lottery.find_tickets(config, out, model_fn=lambda: IntLogits(), data=data)",
+    "wrong number of logits": "lottery.find_tickets(config, out, model_fn=lambda: nn.Linear(40, 3), data=data)",
+    "labels >= classes": "data.y_train[0] = 99\nlottery.find_tickets(config, out, data=data)",
+    "negative labels": "data.y_train[0] = -1\nlottery.find_tickets(config, out, data=data)",
+    "x and y of different lengths": "data.y_train = data.y_train[:-7]\nlottery.find_tickets(config, out, data=data)",
+    "empty validation set": "data.x_val, data.y_val = data.x_val[:0], data.y_val[:0]\nlottery.find_tickets(config, out, data=data)",
+    "NaN inputs": "data.x_train[0, 0] = float('nan')\nlottery.find_tickets(config, out, data=data)",
+    "float labels": "data.y_train = data.y_train.float()\nlottery.find_tickets(config, out, data=data)",
+    "trials as a string": "config.trials = '2'\nlottery.find_tickets(config, out, data=data)",
+    "iterations as a float": "config.train.iterations = 40.5\nlottery.find_tickets(config, out, data=data)",
+    "lr as a string": "config.train.lr = '1e-3'\nlottery.find_tickets(config, out, data=data)",
+    "hidden as an int": "config.model.hidden = 32\nlottery.find_tickets(config, out, data=data)",
+    "arms as a string": "config.arms = 'imp,reinit'\nlottery.find_tickets(config, out, data=data)",
+    "trials absurd": "config.trials = 10**9\nlottery.find_tickets(config, out, data=data)",
+    "hidden absurd": "config.model.hidden = [10**8]\nlottery.find_tickets(config, out, data=data)",
+    "data not a Dataset": "lottery.find_tickets(config, out, data=(data.x_train, data.y_train))",
+    "IMP with a None model": "imp = lottery.IMP(None, out)",
+    "IMP with trials as a string": "imp = lottery.IMP(nn.Linear(40, 10), out, trials='2')",
+    "IMP with levels absurd": "imp = lottery.IMP(nn.Linear(40, 10), out, levels=10**6)",
+    "IMP with a rate of 1.5": "imp = lottery.IMP(nn.Linear(40, 10), out, rate=1.5)",
+    "IMP with a model whose forward fails": "imp = lottery.IMP(nn.Linear(41, 10), out, example=data.x_train[:2])",
+}
+API_PRELUDE = """
+import sys, lottery, torch
+from torch import nn
+class IntLogits(nn.Module):
+    def __init__(self):
+        super().__init__(); self.fc = nn.Linear(40, 10)
+    def forward(self, x):
+        return self.fc(x).round().long()
+config = lottery.get_preset("mnist1d-mlp")
+config.trials, config.prune.levels, config.train.iterations, config.train.eval_every = 1, 1, 40, 10
+config.model.hidden = [32, 32]
+data = lottery.load_data(config.data)
+out = sys.argv[1]
+"""
+
+
+def api_inputs(work: Path) -> None:
+    print("## the Python API with bad inputs")
+    counts = dict.fromkeys(("UserError", "traceback", "no error", "other"), 0)
+    written, notes = 0, []
+    for name, body in API_CASES.items():
+        out = work / "api" / name.replace(" ", "-")
+        script = API_PRELUDE + "try:\n" + "".join(f"    {line}\n" for line in body.splitlines()) + \
+            "except lottery.UserError as exc:\n    print('USER ERROR', exc, file=sys.stderr); sys.exit(2)\n"
+        result = subprocess.run([PYTHON, "-c", script, str(out)], capture_output=True, text=True, cwd=REPO, timeout=600)
+        if "Traceback" in result.stderr:
+            kind = "traceback"
+        elif result.returncode == 2 and "USER ERROR" in result.stderr:
+            kind = "UserError"
+        elif result.returncode == 0:
+            kind = "no error"
+        else:
+            kind = "other"
+        counts[kind] += 1
+        left = out.exists() and any(out.rglob("*.safetensors"))
+        written += left
+        if kind != "UserError" or left:
+            lines = result.stderr.strip().splitlines()
+            notes.append(f"{kind}{' (wrote a run)' if left else ''}: {name}: {lines[-1][:160] if lines else ''}")
+        else:
+            notes.append(f"ok: {name}: {result.stderr.strip().splitlines()[-1][11:130]}")
+    print(f"api: {len(API_CASES)} cases: " + ", ".join(f"{k} {v}" for k, v in counts.items())
+          + f"; runs written before the error: {written}")
+    for note in notes:
+        print("  " + note)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kills", type=int, default=40)
     parser.add_argument("--work", type=Path, default=Path("/tmp/lottery-faults"))
-    parser.add_argument("--parts", default="repro,kills,files,inputs")
+    parser.add_argument("--parts", default="repro,kills,files,inputs,links,json,tensors,nonregular,api")
     args = parser.parse_args()
     shutil.rmtree(args.work, ignore_errors=True)
     args.work.mkdir(parents=True)
@@ -266,6 +574,10 @@ def main() -> None:
     parts = args.parts.split(",")
     if "inputs" in parts:
         bad_inputs(args.work)
+    for name, part in (("links", links), ("json", wrong_json), ("tensors", wrong_tensors),
+                       ("nonregular", non_regular), ("api", api_inputs)):
+        if name in parts:
+            part(args.work)
     if "files" in parts:
         file_faults(args.work)
     if "kills" in parts:
