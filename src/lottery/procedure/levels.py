@@ -32,7 +32,7 @@ from lottery.order import derive_seed
 from lottery.ranks import Ranks
 from lottery.storage.ledger import with_costs
 from lottery.storage.results import LATER_COLUMNS, RESULT_COLUMNS, collect_results
-from lottery.storage.files import RunStore, remove_empty_folder, save_csv, save_json, save_tensors, tensor_digest
+from lottery.storage.files import RunStore, remove_empty_folder, remove_file, save_csv, save_json, save_tensors, tensor_digest
 from lottery.procedure.tickets import ModelFn, Tickets
 from lottery.pruning.saliency import InitProbe
 
@@ -206,7 +206,7 @@ class Procedure:
         # Every network is done: what is left are checkpoints of passes cut another way (another
         # --max-replicas, another number of processes); their networks were trained since.
         for stale in self.store.checkpoint_dir.glob("*.safetensors"):
-            stale.unlink(missing_ok=True)
+            remove_file(stale)  # refuses checkpoints/ as a link: its target's files are not the run's
         remove_empty_folder(self.store.checkpoint_dir)
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from lottery.errors import RunInUse
-from lottery.storage.files import LOCK_NAME, RunStore, hold_run, load_csv
+from lottery.storage.files import LOCK_NAME, RunStore, hold_run, links_refused_below, load_csv, remove_file
 from lottery.storage.results import LATER_COLUMNS, LATER_FLOATS, collect_results
 
 _INTS = {"trial", "level", "weights_remaining", "prunable_weights", "early_stop_iteration",
@@ -82,7 +82,8 @@ def read_live(store: RunStore, arms: list[str]) -> LiveRun:
 def report_hold(store: RunStore, arms: list[str]) -> Iterator[LiveRun | None]:
     """Hold report/ (the one report writer), and the run for reading when no writer has it (yields None: a
     finished run); else yield what the writer has finished so far (LiveRun)."""
-    with hold_run(store.root / "report", command="lottery report"):
+    # The run's root, not only report/'s, is where links stop: report/ itself may not be a link out of the run.
+    with links_refused_below(store.root), hold_run(store.root / "report", command="lottery report"):
         reading = contextlib.ExitStack()
         try:
             reading.enter_context(hold_run(store.root, exclusive=False))
@@ -92,7 +93,7 @@ def report_hold(store: RunStore, arms: list[str]) -> Iterator[LiveRun | None]:
         with reading:
             yield live
         if live is None:  # the run is finished: a figure of networks that were training then is stale
-            (store.root / "report" / "training.png").unlink(missing_ok=True)
+            remove_file(store.root / "report" / "training.png")
 
 
 def training_figure(live: LiveRun, path: Path) -> None:

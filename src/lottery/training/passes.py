@@ -29,7 +29,8 @@ from lottery.training.optim import OptimizerState
 from lottery.training.progress import Progress, pass_summary
 from lottery.ranks import Ranks
 from lottery.errors import UserError
-from lottery.storage.files import NetworkFiles, load_metadata, load_tensors, remove_empty_folder, save_json, save_tensors
+from lottery.storage.files import (NetworkFiles, load_metadata, load_tensors, remove_empty_folder, remove_file, save_json,
+                                   save_tensors)
 from lottery.training.trainer import ReplicaResult, ReplicaSpec, StackedTrainer
 from lottery.training.tracking import PassWatch
 
@@ -50,9 +51,9 @@ def resume(trainer: StackedTrainer, keys: list[str], checkpoint: Path,
         device = next(iter(trainer.params.values())).device
         trainer.load_state(load_tensors(checkpoint, device), meta, rows=[saved.index(k) for k in keys])
     except (UserError, KeyError, ValueError, TypeError, RuntimeError, IndexError) as exc:
+        remove_file(checkpoint)  # first: a link on the way is refused before the warning says it was removed
         (warn or _warn)(f"checkpoint {checkpoint} is unreadable ({str(exc).splitlines()[0][:120]}); "
                         f"removed it, the pass trains again from its start")
-        checkpoint.unlink(missing_ok=True)
         return None
     return trainer.iteration
 
@@ -151,7 +152,7 @@ class TrainingPass:
 
 def finish_pass(checkpoint: Path) -> None:
     """The pass's results are saved: its checkpoint is no longer needed (nor its folder, once empty)."""
-    checkpoint.unlink(missing_ok=True)
+    remove_file(checkpoint)
 
 
 @dataclass
