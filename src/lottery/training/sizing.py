@@ -1,10 +1,13 @@
 """How many replicas train in one pass: as many as fit in memory, up to where stacking stops paying."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from lottery.errors import UserError
 
 # Measured with benchmarks/train_speed.py (LeNet-300-100, 2-core CPU): time per replica-iteration
 # falls from 1 to 8 replicas and is flat beyond 16, so larger CPU passes only cost memory.
@@ -67,13 +70,45 @@ def available_memory(device: torch.device | str) -> int:
     return 4 * 2 ** 30  # unknown platform: assume 4 GiB
 
 
+# float32 copies of its parameters one replica holds: weights, gradients, two Adam moments, a mask, a bf16 copy
+# and the early-stop snapshot.
+STATE_COPIES = 7
+
+
+def state_bytes(parameters: int) -> int:
+    """What one replica's parameters cost in training, before any activation: STATE_COPIES float32 copies."""
+    return 4 * parameters * STATE_COPIES
+
+
 def bytes_per_replica(model: nn.Module, eval_batch: int, batch_size: int) -> int:
-    """float32 weights, gradients, two Adam moments, a mask, a bf16 copy and the early-stop snapshot; plus
-    activations of the largest evaluation chunk and of a training batch (with autograd's saved tensors, ~3x)."""
+    """The replica's state (state_bytes); plus activations of the largest evaluation chunk and of a training
+    batch (with autograd's saved tensors, ~3x)."""
     params = sum(p.numel() for p in model.parameters())
     outputs = sum(m.out_features for m in model.modules() if isinstance(m, nn.Linear))
     outputs += sum(m.out_channels for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd)) * 1024
-    return 4 * params * 7 + 4 * max(outputs, 1) * (eval_batch + 3 * batch_size)
+    return state_bytes(params) + 4 * max(outputs, 1) * (eval_batch + 3 * batch_size)
+
+
+def parameters_of(model_fn: Callable[[], nn.Module]) -> int | None:
+    """The parameter count of the model `model_fn` builds, built on the meta device (shapes, no memory), so that
+    a model too large for the machine is named before it is allocated; None where it cannot be built there."""
+    try:
+        with torch.random.fork_rng(devices=[]), torch.device("meta"):
+            model = model_fn()
+        return sum(p.numel() for p in model.parameters())
+    except Exception:  # a model that needs real tensors to be built: it is checked once built instead
+        return None
+
+
+def check_fits(parameters: int, device: torch.device | str) -> None:
+    """Refuse a model whose one network cannot train in the memory available now (its state alone, a lower
+    bound: activations and data come on top), with the figures."""
+    need, free = state_bytes(parameters), available_memory(device)
+    if need > free:
+        raise UserError(f"the model has {parameters:,} parameters: training one network needs at least "
+                        f"~{need / 2 ** 30:,.1f} GiB ({STATE_COPIES} float32 copies: weights, gradients, optimizer "
+                        f"moments, mask, snapshots), {free / 2 ** 30:,.1f} GiB available on {torch.device(device)}; "
+                        f"use a smaller model")
 
 
 def replicas_per_pass(model: nn.Module, device: torch.device | str, eval_batch: int, batch_size: int,
