@@ -13,7 +13,7 @@ from statistics import mean
 from typing import TYPE_CHECKING
 
 from lottery.config import RunConfig, TrainConfig, apply_overrides, scale_schedule, set_value
-from lottery.validation import validate
+from lottery.validation import check_builtin_loop, check_count, run_dir_inside, validate
 from lottery.errors import UserError
 
 if TYPE_CHECKING:
@@ -266,6 +266,7 @@ def build_config(args: argparse.Namespace) -> RunConfig:
             set_value(config, key, value)
     apply_overrides(config, args.set)
     validate(config)
+    check_builtin_loop(config)  # the CLI has no loop of the user's to run (see check_builtin_loop)
     return config
 
 
@@ -274,7 +275,7 @@ def _find(args: argparse.Namespace) -> dict | None:
 
     config = build_config(args)
     options = _run_options(args)
-    run_dir = args.out / config.run_name()
+    run_dir = run_dir_inside(args.out, config.run_name())
     if not args.json:
         print(f"run: {run_dir}", flush=True)
     find_tickets(config, run_dir, data_dir=args.data_dir, options=options)
@@ -426,7 +427,11 @@ def _attack(args: argparse.Namespace) -> None:
     from lottery.experiments.attack import attack_run
 
     methods = [m.strip() for m in args.method.split(",") if m.strip()]
-    out = attack_run(args.run_dir, methods, _numbers(args.eps, float, "--eps"), levels=_numbers(args.levels, int, "--levels"),
+    epsilons = _numbers(args.eps, float, "--eps")
+    outside = [e for e in epsilons if not 0 <= e <= 1]  # NaN included
+    if outside:
+        raise UserError(f"--eps takes ℓ∞ budgets in pixel units, in [0, 1] (1 is the whole pixel range), got {outside[0]:g}")
+    out = attack_run(args.run_dir, methods, epsilons, levels=_numbers(args.levels, int, "--levels"),
                      examples=args.examples, steps=args.steps, data_dir=args.data_dir, device=_device(args.device),
                      progress=not args.no_progress, log=args.no_progress)
     print(f"attack: {out}")
@@ -468,9 +473,15 @@ def _transfer(args: argparse.Namespace) -> None:
     print(f"transfer: {out}")
 
 
+MAX_ALPHAS = 1_000
+
+
 def _stability(args: argparse.Namespace) -> None:
     from lottery.experiments.stability import stability_run
 
+    check_count("--alphas", args.alphas, MAX_ALPHAS, "each point evaluates the interpolated network on the training "
+                "sample and the test set, for every level, arm, trial and rewind point; 30 resolve the barrier",
+                least=2)
     options = _run_options(args)
     out = stability_run(args.run_dir, levels=_numbers(args.levels, int, "--levels"),
                         rewind=_numbers(args.rewind, int, "--rewind"), alphas=args.alphas,

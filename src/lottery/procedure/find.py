@@ -8,6 +8,7 @@ the resumed run gives the uninterrupted run's results bit for bit.
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 from pathlib import Path
 
@@ -15,10 +16,10 @@ import torch
 from torch import nn
 
 from lottery.config import RunConfig, TrainConfig
-from lottery.validation import validate
+from lottery.validation import (check_builtin_loop, check_data, check_levels_fit, check_logits, check_module,
+                                validate_inputs, long_run_note)
 from lottery.data import Dataset, load_data
 from lottery.errors import UserError
-from lottery.training.forwards import check_model_output
 from lottery.models import build_model, parameter_names
 from lottery.models.prunable import Include, describe_prunable, prunable_roles
 from lottery.options import RunOptions
@@ -33,7 +34,7 @@ from lottery.pruning.arms import ARMS
 from lottery.pruning.prune import KINDS, unmatched_patterns
 from lottery.pruning.saliency import PROBE_BATCHES, InitProbe
 from lottery.storage.runinfo import claim
-from lottery.training.sizing import eval_batch_for, replicas_per_pass
+from lottery.training.sizing import check_fits, eval_batch_for, parameters_of, replicas_per_pass
 from lottery.storage.files import RunStore, hold_run, save_tensors
 from lottery.procedure.tickets import ModelFn, initial_weights
 from lottery.training.trainer import CURVES, ReplicaSpec, StackedTrainer
@@ -60,10 +61,12 @@ def find_tickets(config: RunConfig, run_dir: Path | str, *, model_fn: ModelFn | 
     Everything is checked before anything is written; the run directory is locked while this runs.
     """
     options = options or RunOptions()
-    validate(config)
+    validate_inputs(config, model_fn=model_fn, data=data)
+    check_builtin_loop(config)
     options.validate()
     if data is None:
         data = load_data(config.data, data_dir)
+        check_data(data)
     if config.train.batch_size > len(data.x_train):
         raise UserError(f"batch size {config.train.batch_size} exceeds the {len(data.x_train)} training examples")
     if config.data.augment != "none" and data.x_train.dim() != 4:
@@ -73,8 +76,12 @@ def find_tickets(config: RunConfig, run_dir: Path | str, *, model_fn: ModelFn | 
     if model_fn is None:
         spec = config.model
         model_fn = lambda: build_model(spec, data.input_shape, data.num_classes, data.graph)  # noqa: E731
-    model = model_fn().to(options.device)
-    check_model_output(model, data.features(data.x_train[:2]), data.num_classes)
+        # The config sizes the registry's model: one too large for the machine is named before it is allocated.
+        parameters = parameters_of(model_fn)
+        if parameters is not None:
+            check_fits(parameters, options.device)
+    model = _build_checked(model_fn, options.device)
+    check_logits(model, data.features(data.x_train[:2]), data.num_classes)
     if config.train.batching == "vmap" and config.train.precision == "bf16" and any(True for _ in model.buffers()):
         raise UserError("train.batching=vmap with precision bf16 fails for models with buffers (vmap's batch norm "
                         "under autocast, measured); use precision float32 or batching auto")
@@ -83,6 +90,7 @@ def find_tickets(config: RunConfig, run_dir: Path | str, *, model_fn: ModelFn | 
     if unmatched:
         raise UserError(f"prune.ignore: {unmatched[0]!r} matches none of the prunable tensors "
                         f"({', '.join(sorted(roles)[:6])}{', ...' if len(roles) > 6 else ''})")
+    check_levels_fit(config, {n: p.numel() for n, p in model.named_parameters()}, roles)
 
     store = RunStore(run_dir)
     with hold_run(store.root, command="lottery find"):
@@ -92,6 +100,18 @@ def find_tickets(config: RunConfig, run_dir: Path | str, *, model_fn: ModelFn | 
                               probe_for=lambda trial: init_probe(model, data, config, trial))
         _BuiltinTrainer(procedure, model, data, options).run()
     return store.root
+
+
+def _build_checked(model_fn: ModelFn, device: str) -> nn.Module:
+    """The user's (or the registry's) model, built once: a torch.nn.Module that fits the machine, on `device`."""
+    try:
+        model = model_fn()
+    except (MemoryError, RuntimeError) as exc:  # torch's allocators raise RuntimeError subclasses
+        if not isinstance(exc, MemoryError) and "memory" not in str(exc):
+            raise
+        raise UserError(f"building the model ran out of memory ({type(exc).__name__}); use a smaller model") from None
+    check_fits(sum(p.numel() for p in check_module(model).parameters()), device)
+    return model.to(device)
 
 
 def _canonical_roles(model: nn.Module, roles: dict[str, str] | None, prunable: Include = None,
@@ -143,6 +163,9 @@ class _BuiltinTrainer:
         # Dense FLOPs per iteration: what the trainer computes for every network (masks multiply, not skip).
         self.flops_per_iteration = train_flops_per_iteration(model, data.features(data.x_train[:1]),
                                                              self.config.train.batch_size)
+        note = long_run_note(self.config, self.flops_per_iteration)
+        if note and self.ranks.leader:  # a very long run says what it will cost (a note, not a refusal)
+            print(note, file=sys.stderr, flush=True)
         self.progress.note(f"training up to {self.replicas_per_pass} replicas per pass "
                            f"({'as asked' if options.max_replicas else 'chosen from model size, memory and device'})")
 

@@ -37,7 +37,7 @@ from torch import nn
 
 from lottery.pruning.arms import ARMS, TICKET
 from lottery.config import PruneConfig, RunConfig
-from lottery.validation import validate
+from lottery.validation import check_levels_fit, check_module, validate
 from lottery.errors import UserError
 from lottery.pruning.masks import Mask, count
 from lottery.models import parameter_names
@@ -301,7 +301,7 @@ class IMP:
             self.model, model_fn = model, _fresh_copy(model)
         elif callable(model):
             model_fn = model
-            self.model = model_fn()
+            self.model = check_module(model_fn(), source="the model function")
         else:
             raise UserError(f"model must be a torch.nn.Module or a function that builds one, got {type(model).__name__}")
         self.device = torch.device(device) if device is not None else next(
@@ -333,6 +333,7 @@ class IMP:
         unknown = [n for n in self.roles if n not in parameter_names(self.model)]
         if unknown:
             raise UserError(f"not parameters of the model: {', '.join(unknown)}")
+        check_levels_fit(self.config, {n: p.numel() for n, p in self.model.named_parameters()}, self.roles)
         self.rewind_iteration = rewind_iteration
         self.store = RunStore(run_dir)
         self.procedure = Procedure(self.config, self.store, model_fn, self.roles, "cpu")
