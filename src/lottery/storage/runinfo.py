@@ -7,6 +7,7 @@ refused with one line instead of being silently used.
 """
 from __future__ import annotations
 
+import json
 import re
 import sys
 from pathlib import Path
@@ -53,10 +54,38 @@ def read_config(store: RunStore) -> RunConfig:
     return config
 
 
+_HASH = re.compile(r"[0-9a-f]{10}")
+
+
+def read_run_info(store: RunStore) -> dict[str, Any]:
+    """run.json, its fields checked against what claim() writes: a damaged field is blamed on run.json, never
+    on the config it is compared with."""
+    path = store.run_info_path
+    info = load_json(path, ("run_hash",))
+
+    def broken(field: str, wanted: str) -> BrokenFile:
+        shown = json.dumps(info[field])[:40]
+        return BrokenFile(f"{path} is malformed ({field} holds {shown} where {wanted} belongs); {remedy(path)}",
+                          reason=f"{field} holds {shown}")
+
+    if not (isinstance(info["run_hash"], str) and _HASH.fullmatch(info["run_hash"])):
+        raise broken("run_hash", "the run's 10-digit hex hash")
+    model = info.get("model")
+    if model is not None and not (isinstance(model, dict) and isinstance(model.get("class"), str)
+                                  and isinstance(model.get("parameters"), dict)):
+        raise broken("model", "an object with class and parameters")
+    for field in ("inputs", "environment"):
+        if info.get(field) is not None and not isinstance(info[field], dict):
+            raise broken(field, "an object")
+    if info.get("environments") is not None and not isinstance(info["environments"], list):
+        raise broken("environments", "a list")
+    return info
+
+
 def recorded_hash(store: RunStore) -> str | None:
     """The hash the run was made with: run.json's, else the directory name's suffix, else unknown."""
     if store.run_info_path.exists():
-        return str(load_json(store.run_info_path, ("run_hash",))["run_hash"])
+        return str(read_run_info(store)["run_hash"])
     match = _NAME_HASH.search(store.root.name)
     return match.group(1) if match else None
 
@@ -64,7 +93,7 @@ def recorded_hash(store: RunStore) -> str | None:
 def recorded_model(store: RunStore) -> dict[str, Any] | None:
     if not store.run_info_path.exists():
         return None
-    return load_json(store.run_info_path, ("run_hash",)).get("model")
+    return read_run_info(store).get("model")
 
 
 def check_model(store: RunStore, model: nn.Module) -> None:
@@ -108,7 +137,7 @@ def claim(store: RunStore, config: RunConfig, model: nn.Module, inputs: dict[str
                                         "model": model_signature(model), **({"inputs": inputs} if inputs else {}),
                                         "environment": here})
         return
-    info = load_json(store.run_info_path, ("run_hash",))
+    info = read_run_info(store)
     changed = False
     if inputs and "inputs" not in info:  # a run made before it was kept
         info["inputs"], changed = inputs, True
@@ -131,7 +160,7 @@ def recorded_environment(store: RunStore) -> tuple[dict[str, Any] | None, list[d
     resumed in, in order)."""
     if not store.run_info_path.exists():
         return None, []
-    info = load_json(store.run_info_path, ("run_hash",))
+    info = read_run_info(store)
     made = info.get("environment") if isinstance(info.get("environment"), dict) else None
     later = [e for e in info.get("environments", []) if isinstance(e, dict)] \
         if isinstance(info.get("environments"), list) else []
@@ -142,7 +171,7 @@ def recorded_inputs(store: RunStore) -> dict[str, Any] | None:
     """{"input_shape": [...], "num_classes": n} of the run's data, where run.json recorded it."""
     if not store.run_info_path.exists():
         return None
-    return load_json(store.run_info_path, ("run_hash",)).get("inputs")
+    return read_run_info(store).get("inputs")
 
 
 def config_difference(theirs: RunConfig, ours: RunConfig) -> str:
