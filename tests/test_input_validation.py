@@ -67,6 +67,12 @@ def test_invariant_11_a_link_at_the_run_directory_is_refused(tmp_path):
     with pytest.raises(UserError, match="leads out of --out"):
         run_dir_inside(out, "mnist1d-mlp-0123456789")
     assert run_dir_inside(out, "mnist1d-mlp-abc") == out / "mnist1d-mlp-abc"
+    with pytest.raises(UserError, match="not one folder name"):
+        run_dir_inside(out, "../mnist1d-mlp-abc")
+    config = lottery.get_preset("mnist1d-mlp")
+    config.preset = "../../x"
+    with pytest.raises(UserError, match="cannot name a run directory"):  # whoever builds a path from it
+        config.run_name()
 
 
 def test_the_api_refuses_a_preset_name_that_is_a_path(tmp_path, mnist1d):

@@ -5,6 +5,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import re
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -133,6 +134,9 @@ class RunConfig:
         return hashlib.sha256(blob).hexdigest()[:10]
 
     def run_name(self) -> str:
+        """The run directory's name, <preset>-<hash>: one path component (an unsafe preset is refused here too,
+        so that no caller builds a path that leaves its parent folder; invariant 11)."""
+        check_run_name(self.preset)
         return f"{self.preset}-{self.run_hash()}"
 
     def conv_rate(self) -> float | None:
@@ -143,6 +147,20 @@ class RunConfig:
         """The levels this config trains: 0 (dense) and then the IMP or one-shot levels."""
         n = len(self.prune.one_shot) if self.prune.one_shot else self.prune.levels
         return list(range(n + 1))
+
+
+# The preset names the run directory inside --out: letters, digits, '.', '_' and '-', not starting with '.' (no
+# '..', no hidden folder), bounded so that the name plus its hash stays well within a file system's 255 bytes.
+RUN_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
+MAX_RUN_NAME = 100
+
+
+def check_run_name(name: object) -> None:
+    """Refuse a preset name that is not one plain path component."""
+    if not (isinstance(name, str) and RUN_NAME.fullmatch(name) and len(name) <= MAX_RUN_NAME):
+        shown = repr(name[:MAX_RUN_NAME + 20]) if isinstance(name, str) else repr(name)
+        raise UserError(f"preset name {shown} cannot name a run directory: use letters, digits, '.', '_' and '-' "
+                        f"only, not starting with '.', at most {MAX_RUN_NAME} characters")
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:

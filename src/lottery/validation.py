@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 import typing
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lottery.config import RETRAINS, RunConfig, field_types
+from lottery.config import RETRAINS, RunConfig, check_run_name, field_types
 from lottery.data import DATASETS, Dataset
 from lottery.data.augment import AUGMENTATIONS
 from lottery.errors import UserError
@@ -26,11 +25,6 @@ from lottery.pruning.criteria import CRITERIA
 from lottery.pruning.prune import parse_pattern
 
 MAX_LR = 10.0  # above this no optimizer here trains; a larger value is a typo (1e308, inf)
-# A run directory is named <preset>-<hash> inside --out: the preset must be one plain path component, so that
-# no name from a config or preset leaves --out (invariant 11). Bounded: the name plus its hash must stay well
-# within a file system's 255 bytes.
-RUN_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
-MAX_RUN_NAME = 100
 # Results are means over trials (the paper uses 5); every trial lists its networks in memory and trains
 # them all, so beyond this a number is a typo, not an experiment.
 MAX_TRIALS = 10_000
@@ -89,17 +83,11 @@ def check_field_types(config: RunConfig) -> None:
             raise UserError(f"{key} must be {words}, got {value!r}")
 
 
-def check_run_name(name: str) -> None:
-    """The preset's name names the run directory inside --out: one plain path component."""
-    if not (RUN_NAME.fullmatch(name) and len(name) <= MAX_RUN_NAME):
-        raise UserError(f"preset name {name[:MAX_RUN_NAME + 20]!r} cannot name a run directory: use letters, digits, "
-                        f"'.', '_' and '-' only, not starting with '.', at most {MAX_RUN_NAME} characters")
-
-
 def run_dir_inside(out: Path, name: str) -> Path:
-    """OUT/NAME, refused unless it lies inside OUT once links and '..' are resolved (invariant 11; the name was
-    checked already, this holds even for a link someone put at OUT/NAME)."""
-    check_run_name(name)
+    """OUT/NAME, refused unless it lies inside OUT once links and '..' are resolved (invariant 11: the preset in
+    the name was checked already; this holds even for a link someone put at OUT/NAME)."""
+    if name in ("", ".", "..") or Path(name).name != name:
+        raise UserError(f"run directory name {name!r} is not one folder name")
     run_dir = Path(out) / name
     root = Path(os.path.realpath(out))
     if Path(os.path.realpath(run_dir)).parent != root:
