@@ -238,6 +238,13 @@ BAD_INPUTS = [
     ["transfer", "RUN", "--max-replicas", "0", "--to", "mnist1d"], ["transfer", "/nonexistent/run", "--to", "mnist"],
     ["transfer", "RUN", "--to", "mnist", "--data-dir", "/nonexistent"],
     ["presets", "extra"], ["nonsense"], [],
+    # issue 37: names that would leave --out, a user loop from the CLI, sizes beyond the machine or reason
+    ["find", "--set", "preset=../../outside"], ["find", "--set", "preset=/tmp/anywhere"], ["find", "--set", "preset=.hidden"],
+    ["find", "--set", "train.loop=user"], ["find", "--set", "train.loop=user", "--set", "train.batch_size=0"],
+    ["find", "--set", "train.loop=user", "--set", "train.lr=-5"], ["find", "--trials", "1000000000"],
+    ["find", "--levels", "100000"], ["find", "--levels", "500"], ["find", "--set", "model.hidden=1000000000"],
+    ["find", "--iterations", "10000000000000000"], ["stability", "RUN", "--alphas", "100000000"],
+    ["stability", "RUN", "--alphas", "1"], ["attack", "RUN", "--eps", "5"], ["attack", "RUN", "--eps", "nan"],
 ]
 
 
