@@ -96,6 +96,9 @@ def test_invariant_12_a_wrong_typed_metric_is_named_and_results_csv_is_left_alon
     assert f"remove the folder {metrics.parent}" in line
     assert results.read_bytes() == before
     assert lottery.read_results(run_copy)[-1]["final_test_accuracy"] >= 0  # still the good table
+    shutil.rmtree(metrics.parent)  # the fix the line names works
+    assert run_main("find", *SMALL, "--out", str(run_copy.parent)).returncode == 0
+    assert len(lottery.read_results(run_copy)) == 2
 
 
 # --- item 15a: run.json's own damage is blamed on run.json ---------------------------------------------------
