@@ -14,7 +14,8 @@ from lottery.deploy.compact import Size, chain_of, compact, size_of
 from lottery.config import DataConfig, ModelConfig
 from lottery.data import Dataset, load_data
 from lottery.errors import UserError
-from lottery.deploy.export import Ticket, Weights, load_ticket, read_ticket
+from lottery.deploy.export import Ticket, Weights, invalid, load_ticket, read_ticket
+from lottery.storage.files import atomic_output, remove_stale_temps
 from lottery.models import GRAPH_MODELS, MODELS, build_model
 
 
@@ -44,6 +45,18 @@ def to_onnx(model: nn.Module, example: torch.Tensor, out: Path | str) -> float:
         raise UserError("ONNX export needs onnx, onnxscript and onnxruntime: pip install 'lottery[export]'") from None
     out = Path(out)
     model = model.eval()
+    remove_stale_temps(out)  # what a killed export left beside `out`
+    with atomic_output(out) as tmp:  # `out` appears whole, checked by onnxruntime, or not at all
+        _export_onnx(model, example, tmp)
+        session = onnxruntime.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+        got = torch.from_numpy(session.run(None, {"input": example.numpy()})[0])
+    with torch.no_grad():
+        return float((got - model(example)).abs().max())
+
+
+def _export_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> None:
+    """torch.onnx.export to `path`; a failed write (a full disk) is the OSError it is, whatever the exporter
+    wrapped it in, so that atomic_output names the file."""
     batch = torch.export.Dim("batch", min=1)
     exporter_log = logging.getLogger("torch.onnx")
     level = exporter_log.level
@@ -51,14 +64,25 @@ def to_onnx(model: nn.Module, example: torch.Tensor, out: Path | str) -> float:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # from the exporter's own pytree calls
-            torch.onnx.export(model, (example,), str(out), input_names=["input"], output_names=["logits"],
+            torch.onnx.export(model, (example,), str(path), input_names=["input"], output_names=["logits"],
                               dynamic_shapes=({0: batch},), dynamo=True, external_data=False, verbose=False)
+    except OSError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        cause = next((e for e in _causes(exc) if isinstance(e, OSError)), None)
+        if cause is not None:
+            raise cause from None
+        raise
     finally:
         exporter_log.setLevel(level)
-    session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
-    got = torch.from_numpy(session.run(None, {"input": example.numpy()})[0])
-    with torch.no_grad():
-        return float((got - model(example)).abs().max())
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    seen: list[BaseException] = []
+    while exc is not None and exc not in seen:
+        seen.append(exc)
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    return seen
 
 
 def model_for(ticket: Ticket, data_dir: Path | str | None = None) -> tuple[Callable[[], nn.Module], Dataset | None]:
@@ -74,9 +98,32 @@ def model_for(ticket: Ticket, data_dir: Path | str | None = None) -> tuple[Calla
     inputs = ticket.info.get("inputs")
     if data_dir is None and inputs and spec["name"] not in GRAPH_MODELS:  # a graph model is built around its data
         shape, classes = tuple(inputs["input_shape"]), int(inputs["num_classes"])
-        return (lambda: build_model(config, shape, classes)), None
-    data = load_data(DataConfig(**{k: v for k, v in ticket.info["data"].items()}), data_dir)
-    return (lambda: build_model(config, data.input_shape, data.num_classes, data.graph)), data
+        build, data = (lambda: build_model(config, shape, classes)), None
+    else:
+        data = load_data(DataConfig(**{k: v for k, v in ticket.info["data"].items()}), data_dir)
+        build = lambda: build_model(config, data.input_shape, data.num_classes, data.graph)  # noqa: E731
+    check_builds_the_ticket(ticket, build)
+    return build, data
+
+
+def check_builds_the_ticket(ticket: Ticket, build: Callable[[], nn.Module]) -> None:
+    """The model the ticket's metadata describes has exactly the ticket's tensors (names and shapes): built on
+    the meta device first (no memory, no random draw), so that metadata that lies about a size is one line."""
+    try:
+        with torch.device("meta"):
+            model = build()
+    except UserError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the metadata describes no model that can be built
+        raise invalid(ticket.path, f"its model cannot be built: {str(exc).splitlines()[0][:100] if str(exc) else type(exc).__name__}") from None
+    ours = {n: tuple(t.shape) for n, t in [*model.named_parameters(), *model.named_buffers()]}
+    theirs = {n: tuple(t.shape) for n, t in ticket.start.items()}
+    if ours != theirs:
+        differ = sorted(set(ours) ^ set(theirs)) or sorted(n for n in ours if ours[n] != theirs[n])
+        name = differ[0]
+        raise invalid(ticket.path, f"its metadata describes a model whose {name} is "
+                                   f"{list(ours[name]) if name in ours else 'absent'}, the file's is "
+                                   f"{list(theirs[name]) if name in theirs else 'absent'}")
 
 
 def example_inputs(ticket: Ticket, data: Dataset | None, count: int = 256) -> torch.Tensor:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import shlex
 import sys
 from dataclasses import dataclass, field
@@ -22,11 +23,12 @@ import torch
 from torch import nn
 from torch.nn.utils import prune as torch_prune
 
+from lottery.config import DataConfig, ModelConfig
 from lottery.pruning.arms import ARMS
 from lottery.errors import BrokenFile, UserError
 from lottery.storage.finished import FinishedRun, open_run
 from lottery.pruning.masks import count
-from lottery.storage.files import hold_run, load_metadata, load_tensors, save_tensors
+from lottery.storage.files import hold_run, load_metadata, load_tensors, remove_stale_temps, save_tensors
 
 FORMAT = "lottery-ticket/1"
 PARTS = ("mask", "start", "trained")
@@ -41,6 +43,7 @@ class Ticket:
     start: dict[str, torch.Tensor]
     trained: dict[str, torch.Tensor]
     info: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = field(default=None, compare=False)  # the file it was read from, to name in errors
 
     def state(self, weights: Weights = "trained") -> dict[str, torch.Tensor]:
         """Parameters and buffers to load: the trained state, or the start state with the mask applied."""
@@ -71,6 +74,9 @@ def export_ticket(run_dir: Path | str, out: Path | str, *, level: int | Literal[
 
 
 def save_ticket(ticket: Ticket, out: Path | str) -> None:
+    """Write the ticket to `out` atomically (whole or not at all), first removing the temp files a killed
+    export left beside it."""
+    remove_stale_temps(Path(out))
     tensors = {f"{part}/{n}": t for part, state in zip(PARTS, (ticket.mask, ticket.start, ticket.trained))
                for n, t in state.items()}
     save_tensors(Path(out), tensors, {"lottery": json.dumps(ticket.info, sort_keys=True, default=list)})
@@ -93,9 +99,8 @@ def ticket_of(run_dir: Path | str, *, level: int | Literal["best"] = "best", tri
         arm = "imp" if chosen == 0 else arm  # the controls of the dense network are the dense network
         if not run.has(trial, chosen, arm):
             raise UserError(f"{run.store.arm_dir(trial, chosen, arm)} has no finished network")
-        mask = run.mask(trial, chosen, arm)
-        start = run.start(trial) if not ARMS[arm].redrawn or chosen == 0 else \
-            load_tensors(run.store.arm_start_path(trial, chosen, arm))
+        mask = run.mask(trial, chosen, arm)  # checked against the digest its network recorded when it trained
+        start = run.start(trial) if not ARMS[arm].redrawn or chosen == 0 else run.arm_start(trial, chosen, arm)
         trained = run.final(trial, chosen, arm)
         row = next(r for r in run.rows_of(arm, chosen) if r["trial"] == trial)
         kept, total = count(mask)
@@ -167,7 +172,100 @@ def read_ticket(path: Path | str) -> Ticket:
         raise UserError(f"{path} is incomplete ({'no masks' if not parts['mask'] else 'start and trained states differ'}"
                         f"{': ' + missing[0] if missing else ''}): export it again")
     mask = {n: m.bool() for n, m in parts["mask"].items()}
-    return Ticket(mask, parts["start"], parts["trained"], info)
+    _check_parts(path, mask, parts["start"], parts["trained"])
+    check_info(path, info, mask, sum(t.numel() for t in tensors.values()))
+    return Ticket(mask, parts["start"], parts["trained"], info, path)
+
+
+def _check_parts(path: Path, mask: dict[str, torch.Tensor], start: dict[str, torch.Tensor],
+                 trained: dict[str, torch.Tensor]) -> None:
+    """The start and trained states hold the same shapes, and each mask the shape of its tensor."""
+    for name in sorted(start):
+        if start[name].shape != trained[name].shape or (name in mask and mask[name].shape != start[name].shape):
+            raise invalid(path, f"{name} has shape {tuple(start[name].shape)} in its start state, "
+                                f"{tuple(trained[name].shape)} trained and {tuple(mask[name].shape) if name in mask else 'no'} mask")
+
+
+def invalid(path: Path | None, detail: str) -> UserError:
+    """A ticket file whose contents contradict themselves: one line naming it (a user's file: never 'remove')."""
+    return UserError(f"{path or 'the ticket'} is not a valid lottery ticket file ({detail}); export it again with "
+                     f"`lottery export RUN_DIR --out FILE`")
+
+
+# --- the metadata a ticket carries (what ticket_of writes), checked field by field ----------------------------
+NUMBER = (int, float)
+
+
+def _dataclass_types(cls: type) -> dict[str, Any]:
+    """The JSON types of a config dataclass's fields, from their annotations."""
+    kinds = {"str": str, "int": int, "float": NUMBER, "bool": bool, "list[int]": "ints", "list[str]": "strings"}
+    return {f.name: kinds.get(str(f.type), object) for f in dataclasses.fields(cls)}
+
+
+INFO_TYPES: dict[str, Any] = {
+    "format": str, "model": dict, "data": dict, "source": dict, "percent_remaining": NUMBER,
+    "weights_remaining": int, "prunable_weights": int, "layers": dict, "early_stop_test_accuracy": NUMBER,
+    "early_stop_iteration": int, "command": str, "inputs": dict,
+    "edges_remaining": int, "graph_edges": int, "percent_edges_remaining": NUMBER}
+INFO_OPTIONAL = {"inputs", "edges_remaining", "graph_edges", "percent_edges_remaining"}
+SOURCE_TYPES: dict[str, Any] = {"run": str, "run_hash": str, "preset": str, "trial": int, "level": int, "arm": str,
+                                "rewind_iteration": int}
+MODEL_TYPES: dict[str, Any] = {**_dataclass_types(ModelConfig), "class": (str, type(None))}
+DATA_TYPES: dict[str, Any] = _dataclass_types(DataConfig)
+INPUTS_TYPES: dict[str, Any] = {"input_shape": "ints", "num_classes": int}
+LAYER_TYPES: dict[str, Any] = {"kept": int, "total": int, "percent": NUMBER}
+
+
+def _of_type(value: Any, kind: Any) -> bool:
+    if kind in ("ints", "strings"):
+        item = int if kind == "ints" else str
+        return isinstance(value, list) and all(isinstance(v, item) and not isinstance(v, bool) for v in value)
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    return (bool in kinds) if isinstance(value, bool) else isinstance(value, kinds)
+
+
+def _check_fields(path: Path, value: Any, types: dict[str, Any], what: str, optional: set[str] | frozenset = frozenset(),
+                  partial: bool = False) -> None:
+    """`value` is an object with exactly the fields of `types` (less `optional` ones; any subset if `partial`),
+    each of its type."""
+    if not isinstance(value, dict):
+        raise invalid(path, f"{what} is {type(value).__name__}, not an object")
+    unknown = sorted(set(value) - set(types))
+    if unknown:
+        raise invalid(path, f"{what} has an unknown field {unknown[0]!r}")
+    missing = sorted(set(types) - set(value) - set(optional)) if not partial else []
+    if missing:
+        raise invalid(path, f"{what} has no {missing[0]!r}")
+    for key, item in value.items():
+        if not _of_type(item, types[key]):
+            raise invalid(path, f"{what}.{key} holds {json.dumps(item)[:40]}")
+
+
+def check_info(path: Path, info: Any, mask: dict[str, torch.Tensor], numel: int) -> None:
+    """A ticket's metadata: the fields ticket_of writes, each of its type, and every count or size bounded by the
+    tensors the file holds (`numel` elements in all): a size that lies is named before anything is built of it."""
+    _check_fields(path, info, INFO_TYPES, "its metadata", INFO_OPTIONAL)
+    _check_fields(path, info["model"], MODEL_TYPES, "model", partial=True)
+    if "name" not in info["model"]:
+        raise invalid(path, "model has no 'name'")
+    _check_fields(path, info["data"], DATA_TYPES, "data", partial=True)
+    _check_fields(path, info["source"], SOURCE_TYPES, "source")
+    if "inputs" in info:
+        _check_fields(path, info["inputs"], INPUTS_TYPES, "inputs")
+    for name, layer in info["layers"].items():
+        _check_fields(path, layer, LAYER_TYPES, f"layers.{name}")
+        if name not in mask or layer["total"] != mask[name].numel() or layer["kept"] != int(mask[name].sum()):
+            raise invalid(path, f"layers.{name} does not describe the mask the file holds")
+    total = sum(m.numel() for m in mask.values())
+    if not 0 <= info["weights_remaining"] <= info["prunable_weights"] <= total:
+        raise invalid(path, f"{info['weights_remaining']} of {info['prunable_weights']} weights remaining, in masks "
+                            f"of {total}")
+    sizes = [*info["model"].get("hidden", []), info["model"].get("depth", 0), *info.get("inputs", {}).get("input_shape", []),
+             info.get("inputs", {}).get("num_classes", 1)]
+    if any(not 0 <= size <= numel for size in sizes):
+        raise invalid(path, f"a size of {max(sizes, key=abs):,} in its model or inputs, for {numel:,} numbers in the file")
+    if "inputs" in info and math.prod(info["inputs"]["input_shape"]) > numel:
+        raise invalid(path, f"inputs of shape {info['inputs']['input_shape']}, for {numel:,} numbers in the file")
 
 
 def _as_ticket(ticket: Ticket | Path | str) -> Ticket:

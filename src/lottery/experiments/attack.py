@@ -119,6 +119,7 @@ def attack_run(run_dir: Path | str, methods: list[str], epsilons: list[float], *
     if data.channel_normalization is not None:
         raise UserError(f"attack does not yet support {data.name} (colour images with per-channel ranges); it "
                         f"supports mnist, fashion-mnist and mnist1d")
+    run.check_networks(levels, masks=False)  # a damaged θT is named before the first level is attacked
     forward = stacked_forward_for(model).each
     epsilons = sorted(set([0.0, *epsilons]))  # ε = 0: clean accuracy through the same path
     ranks = Ranks.current()  # in a process group each rank attacks its share of the networks

@@ -27,13 +27,16 @@ from lottery.training.passes import NamedReplica, train_replicas
 from lottery.reports.report import CURVE_TARGETS
 from lottery.training.sizing import replicas_per_pass
 from lottery.ranks import Ranks
-from lottery.storage.files import NetworkFiles, atomic_write_text, load_json, save_csv, writes_into_run
+from lottery.storage.expect import read_replica_metrics
+from lottery.storage.files import NetworkFiles, atomic_write_text, save_csv, writes_into_run
 from lottery.training.forwards import stacked_forward_for
 from lottery.training.replicas import at_least_two
 
 TRAINING_COLUMNS = ["arm", "sigma", "trial", "level", "percent_remaining", "early_stop_iteration",
                     "early_stop_test_accuracy", "final_test_accuracy"]
 INFERENCE_COLUMNS = ["arm", "sigma", "trial", "level", "percent_remaining", "accuracy", "draws"]
+# The fields noise_run gives each noisy-init replica's metrics.json (NamedReplica extra).
+REPLICA_TYPES: dict[str, type | tuple[type, ...]] = {"arm": str, "sigma": (int, float), "trial": int, "level": int}
 
 
 def layer_sigmas(init: dict[str, torch.Tensor], names: list[str]) -> dict[str, float]:
@@ -71,6 +74,7 @@ def noise_run(run_dir: Path | str, sigmas: list[float], *, levels: list[int] | N
     model, _, data, names = model_and_data(run, data_dir, model_fn=model_fn, data=data, device=device)
     out = run.store.root / "noise"
     config = run.config
+    run.check_networks(levels)  # what the inference view reads, named before the training view spends its time
 
     # Training view: one replica per (k, trial, level), on the trial's own data order.
     replicas = []
@@ -91,7 +95,8 @@ def noise_run(run_dir: Path | str, sigmas: list[float], *, levels: list[int] | N
                    checkpoint_seconds=options.checkpoint_seconds, progress=options.progress,
                    log=options.log_passes, label="noise",
                    start_iteration=config.prune.rewind_iteration, augment=config.data.augment)
-    training = [{c: load_json(NetworkFiles(r.folder).metrics)[c] for c in TRAINING_COLUMNS} for r in replicas]
+    training = [{c: read_replica_metrics(NetworkFiles(r.folder).metrics, TRAINING_COLUMNS, REPLICA_TYPES)[c]
+                 for c in TRAINING_COLUMNS} for r in replicas]
     for arm in ("imp", "reinit"):  # the clean ticket (k = 0) and the reinit control, from the run itself
         for level in levels:
             for row in run.rows_of(arm, level):

@@ -41,7 +41,9 @@ from lottery.training.passes import NamedReplica, TrainingPass, train_replicas
 from lottery.pruning.prune import parse_pattern
 from lottery.training.sizing import eval_batch_for, replicas_per_pass
 from lottery.experiments.stability_report import write_report
-from lottery.storage.files import NetworkFiles, load_json, load_metadata, load_tensors, save_csv, save_json, save_tensors, writes_into_run
+from lottery.errors import BrokenFile
+from lottery.storage.expect import load_weights, load_weights_and_optimizer, optimizer_steps, read_replica_metrics
+from lottery.storage.files import NetworkFiles, load_json, remedy, save_csv, save_json, save_tensors, writes_into_run
 from lottery.training.replicas import ReplicaSpec
 from lottery.training.trainer import StackedTrainer
 
@@ -52,6 +54,12 @@ STABILITY_COLUMNS = ["trial", "level", "arm", "percent_remaining", "k", "test_in
                      "test_error_ends", "train_error_ends", "early_stop_test_accuracy", "early_stop_iteration"]
 PATH_COLUMNS = ["trial", "level", "arm", "percent_remaining", "k", "alpha", "test_error", "train_error"]
 OPTIMIZER_PREFIX = "optimizer."
+# The fields _train_copies gives each copy's metrics.json (NamedReplica extra), beside the network's metrics.
+COPY_TYPES: dict[str, type | tuple[type, ...]] = {"trial": int, "level": int, "arm": str, "k": int, "copy": int}
+COPY_COLUMNS = ("percent_remaining", "early_stop_test_accuracy", "early_stop_iteration")
+# path.json, written by _paths: the settings it was measured with and the errors along the line.
+PATH_TYPES: dict[str, type | tuple[type, ...]] = {"alphas": list, "train_examples": int, "test_error": list,
+                                                  "train_error": list}
 
 
 @dataclass(frozen=True)
@@ -147,14 +155,16 @@ class Trunk:
         """Weights and buffers at iteration k (θ0 at k = 0)."""
         if k == 0:
             return self.run.init(trial, self.device)
-        return {n: t for n, t in load_tensors(self.path(trial, k), self.device).items()
-                if not n.startswith(OPTIMIZER_PREFIX)}
+        return {n: t for n, t in self._load(trial, k).items() if not n.startswith(OPTIMIZER_PREFIX)}
 
     def optimizer(self, trial: int, k: int) -> tuple[OptimizerState, int]:
         """The optimizer's state at iteration k, by buffer and parameter name, and its step count."""
         path = self.path(trial, k)
-        return (unflatten_state(load_tensors(path, self.device), OPTIMIZER_PREFIX),
-                int(load_metadata(path)["optimizer_steps"]))
+        return unflatten_state(self._load(trial, k), OPTIMIZER_PREFIX), optimizer_steps(path)
+
+    def _load(self, trial: int, k: int) -> dict[str, torch.Tensor]:
+        """A trunk state, checked: the run's weights and an optimizer state of its parameters."""
+        return load_weights_and_optimizer(self.path(trial, k), self.run.expected(), OPTIMIZER_PREFIX, self.device)
 
     def train(self, model: torch.nn.Module, data: Dataset, trials: list[int], ks: list[int],
               options: RunOptions) -> None:
@@ -195,9 +205,8 @@ def point_mask(run: FinishedRun, point: Point, device: str) -> Mask:
     draw that arm would make (random positions, the ticket's count per layer, the run's N:M pattern)."""
     if point.arm == "imp":
         return run.mask(point.trial, point.level, "imp", device)
-    own = run.store.arm_mask_path(point.trial, point.level, "random")
-    if own.exists():
-        return {n: t.bool() for n, t in load_tensors(own, device).items()}
+    if run.store.arm_mask_path(point.trial, point.level, "random").exists():
+        return run.mask(point.trial, point.level, "random", device)
     reference = run.mask(point.trial, point.level, "imp", device)
     return random_control_mask(reference, run.config.seed, point.trial, point.level,
                                parse_pattern(run.config.prune.pattern))
@@ -254,11 +263,12 @@ def _paths(run: FinishedRun, model: torch.nn.Module, data: Dataset, points: list
         saved = p.folder(variant) / "path.json"
         settings = {"alphas": alphas, "train_examples": len(x_train)}
         if saved.exists():
-            record = load_json(saved)
+            record = _read_path(saved)
             if all(record.get(key) == value for key, value in settings.items()):
                 out[p] = record
                 continue
-        a, b = (load_tensors(NetworkFiles(p.folder(variant) / f"copy_{c}").final, device) for c in (0, 1))
+        a, b = (load_weights(NetworkFiles(p.folder(variant) / f"copy_{c}").final, run.expected(), device)
+                for c in (0, 1))
         test, train = [], []
         for start in range(0, len(alphas), chunk):
             nets = interpolate(a, b, alphas[start:start + chunk])
@@ -271,8 +281,20 @@ def _paths(run: FinishedRun, model: torch.nn.Module, data: Dataset, points: list
     return out
 
 
+def _read_path(path: Path) -> dict:
+    """path.json: its fields of their types, the errors one number per alpha."""
+    record = load_json(path, tuple(PATH_TYPES), PATH_TYPES)
+    lists = [record["alphas"], record["test_error"], record["train_error"]]
+    numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for values in lists for v in values)
+    if not numbers or len({len(values) for values in lists}) != 1:
+        detail = "its alphas and errors are not lists of numbers of one length"
+        raise BrokenFile(f"{path} is malformed ({detail}); {remedy(path)}", reason=detail)
+    return record
+
+
 def _summary(p: Point, path: dict[str, list[float]], variant: Path) -> dict:
-    copies = [load_json(NetworkFiles(p.folder(variant) / f"copy_{c}").metrics) for c in (0, 1)]
+    copies = [read_replica_metrics(NetworkFiles(p.folder(variant) / f"copy_{c}").metrics, COPY_COLUMNS, COPY_TYPES)
+              for c in (0, 1)]
     test, train = path["test_error"], path["train_error"]
     return {"trial": p.trial, "level": p.level, "arm": p.arm, "percent_remaining": copies[0]["percent_remaining"],
             "k": p.k, "test_instability": instability(test), "train_instability": instability(train),

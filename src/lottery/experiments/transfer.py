@@ -34,10 +34,13 @@ from lottery.training.passes import NamedReplica, train_replicas
 from lottery.storage.results import RESULT_COLUMNS
 from lottery.training.sizing import replicas_per_pass
 from lottery.ranks import Ranks
-from lottery.storage.files import NetworkFiles, atomic_write_text, hold_run, load_json, save_csv, writes_into_run
+from lottery.storage.expect import read_replica_metrics
+from lottery.storage.files import NetworkFiles, atomic_write_text, hold_run, save_csv, writes_into_run
 
 TRANSFER_COLUMNS = ["source", *RESULT_COLUMNS]
 TARGET_ARMS = ("imp", "reinit", "random")
+# The fields _transfer gives each transferred ticket's metrics.json (NamedReplica extra).
+REPLICA_TYPES: dict[str, type | tuple[type, ...]] = {"source": str, "arm": str, "trial": int, "level": int}
 
 
 def data_label(data: DataConfig) -> str:
@@ -127,7 +130,8 @@ def _transfer(sources: list[Path | str], target: DataConfig | None, *, against: 
 
     if not Ranks.current().leader:  # every rank trained its share; rank 0 writes the tables
         return out
-    rows = [{c: load_json(NetworkFiles(r.folder).metrics)[c] for c in TRANSFER_COLUMNS} for r in replicas]
+    rows = [{c: read_replica_metrics(NetworkFiles(r.folder).metrics, TRANSFER_COLUMNS, REPLICA_TYPES)[c]
+             for c in TRANSFER_COLUMNS} for r in replicas]
     target_label = f"{data_label(target)} (own)"
     rows += [{"source": target_label, **{c: r[c] for c in RESULT_COLUMNS}} for r in target_run.rows]
     save_csv(out / "transfer.csv", rows, TRANSFER_COLUMNS)

@@ -21,7 +21,8 @@ from lottery.training.optim import OptimizerState, unflatten_state
 from lottery.order import derive_seed
 from lottery.pruning.saliency import InitProbe
 from lottery.pruning.prune import ignored_names, parse_pattern, prune_one_shot, prune_round
-from lottery.storage.files import RunStore, load_metadata, load_tensors, save_tensors, tensor_digest
+from lottery.storage.expect import RunShapes, load_mask, load_optimizer, load_prunable, load_weights, optimizer_steps
+from lottery.storage.files import RunStore, save_tensors, tensor_digest
 
 ModelFn = Callable[[], nn.Module]
 
@@ -46,16 +47,23 @@ class Tickets:
         # scores it remembers serve every level and arm
         self.probe_for = functools.cache(probe_for) if probe_for is not None else None
 
+    @functools.cached_property
+    def shapes(self) -> RunShapes:
+        """What each file this class reads must hold (lottery.storage.expect): the model's parameters and
+        buffers, and its prunable tensors. The model is built under a forked random state: no global side effect."""
+        with torch.random.fork_rng(devices=[]):
+            return RunShapes.of_model(self.model_fn(), self.roles)
+
     def init(self, trial: int) -> dict[str, torch.Tensor]:
         path = self.store.init_path(trial)
         if not path.exists():
             save_tensors(path, initial_weights(self.model_fn, self.config.seed, trial))
-        return load_tensors(path, self.device)
+        return load_weights(path, self.shapes, self.device)
 
     def rewind(self, trial: int) -> dict[str, torch.Tensor]:
         if self.config.prune.rewind_iteration == 0:
             return self.init(trial)
-        return load_tensors(self.store.rewind_path(trial), self.device)
+        return load_weights(self.store.rewind_path(trial), self.shapes, self.device)
 
     def uses_rewound_optimizer(self, level: int, arm: str) -> bool:
         """Whether this replica starts with the optimizer's state at k (prune.rewind_optimizer): every arm
@@ -67,14 +75,14 @@ class Tickets:
         if not self.uses_rewound_optimizer(level, arm):
             return None, 0
         path = self.store.rewind_optimizer_path(trial)
-        return unflatten_state(load_tensors(path, self.device)), int(load_metadata(path)["optimizer_steps"])
+        return unflatten_state(load_optimizer(path, self.shapes, self.device)), optimizer_steps(path)
 
     def mask(self, trial: int, level: int) -> masks_lib.Mask:
         path = self.store.mask_path(trial, level)
         if not path.exists():
             mask, lineage = self._compute_mask(trial, level)
             save_tensors(path, mask, lineage)
-        return {n: t.bool() for n, t in load_tensors(path, self.device).items()}
+        return load_mask(path, self.shapes, self.device)
 
     def _compute_mask(self, trial: int, level: int) -> tuple[masks_lib.Mask, dict[str, str] | None]:
         p = self.config.prune
@@ -96,8 +104,8 @@ class Tickets:
     def scores(self, trial: int, trained_level: int, names: list[str],
                seed_level: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """(θT, the criterion's scores) of the ticket trained at `trained_level` (its path too, if needed)."""
-        trained = load_tensors(self.store.final_path(trial, trained_level, "imp"), self.device)
-        path = (load_tensors(self.store.path_length_path(trial, trained_level, "imp"), self.device)
+        trained = load_weights(self.store.final_path(trial, trained_level, "imp"), self.shapes, self.device)
+        path = (load_prunable(self.store.path_length_path(trial, trained_level, "imp"), self.shapes, self.device)
                 if self.track_path else None)
         seed = derive_seed(self.config.seed, "criterion", trial, seed_level)
         return trained, score_weights(self.config.prune.criterion, self.init(trial), self.rewind(trial), trained,
@@ -122,7 +130,7 @@ class Tickets:
         """The dense network's prunable weights at each evaluation, in order (see RunStore.trajectory_dir)."""
         folder = self.store.trajectory_dir(trial)
         paths = sorted(folder.glob("iteration_*.safetensors")) if folder.exists() else []
-        return [(int(p.stem.split("_")[1]), load_tensors(p, self.device)) for p in paths]
+        return [(int(p.stem.split("_")[1]), load_prunable(p, self.shapes, self.device)) for p in paths]
 
     def arm_mask(self, trial: int, level: int, arm: str) -> masks_lib.Mask:
         """The mask the arm trains under: the level's (the ticket's), or the arm's own, drawn once and saved."""
@@ -136,7 +144,7 @@ class Tickets:
             mask, found = made if isinstance(made, tuple) else (made, None)
             save_tensors(path, mask, record(reference=tensor_digest(inputs.reference),
                                             **({"found": found} if found is not None else {})))
-        return {n: t.bool() for n, t in load_tensors(path, self.device).items()}
+        return load_mask(path, self.shapes, self.device)
 
     def arm_start(self, trial: int, level: int, arm: str) -> dict[str, torch.Tensor]:
         """The state a network starts from (the trainer masks it). The ticket: θk under `rewind`; under
@@ -145,7 +153,7 @@ class Tickets:
         ones (reinit, same-sign) from their own fresh draw, saved once. The optimizer: see `arm_optimizer`."""
         if level > 0 and arm == TICKET and self.config.prune.retrain != "rewind":
             source = 0 if self.config.prune.one_shot else level - 1
-            return load_tensors(self.store.final_path(trial, source, TICKET), self.device)
+            return load_weights(self.store.final_path(trial, source, TICKET), self.shapes, self.device)
         start = self.init(trial) if level == 0 else self.rewind(trial)
         strategy = ARMS[arm]
         if strategy.start is None or level == 0:
@@ -153,4 +161,4 @@ class Tickets:
         path = self.store.arm_start_path(trial, level, arm)
         if not path.exists():
             save_tensors(path, strategy.start(self.arm_inputs(trial, level, arm)))
-        return load_tensors(path, self.device)
+        return load_weights(path, self.shapes, self.device)

@@ -17,9 +17,8 @@ import torch
 from lottery.config import RunConfig
 from lottery.errors import UserError
 from lottery.reports.figures import errorbar_series, percent_axis, save_figure, spread, subplots
-from lottery.storage.results import read_results
-from lottery.storage.runinfo import read_config
-from lottery.storage.files import RunStore, atomic_write_text, hold_run, load_tensors, make_folder, save_csv
+from lottery.storage.finished import FinishedRun, open_run
+from lottery.storage.files import atomic_write_text, hold_run, make_folder, save_csv
 
 COMPARE_COLUMNS = ["run", "arm", "level", "percent_remaining", "trials", "early_stop_iteration_mean",
                    "early_stop_iteration_min", "early_stop_iteration_max", "early_stop_test_accuracy_mean",
@@ -44,29 +43,20 @@ def random_jaccard(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> fl
     return inter / union if union else 1.0
 
 
-def _open(run_dir: Path) -> tuple[RunConfig, list[dict]]:
-    store = RunStore(run_dir)
-    if not store.results_path.exists():
-        raise UserError(f"{store.root} has no results.csv: not a finished `lottery find` run directory")
-    return read_config(store), read_results(store.root)
-
-
-def _mask(store: RunStore, trial: int, level: int) -> dict[str, torch.Tensor]:
-    return {n: t.bool() for n, t in load_tensors(store.mask_path(trial, level)).items()}
-
-
-def mask_overlap(run_a: Path, run_b: Path) -> list[dict]:
-    """Jaccard index of the tickets' masks of two runs, per level, over the trials both have."""
-    a, b = RunStore(run_a), RunStore(run_b)
-    levels_a = _levels(read_results(a.root))
-    levels_b = _levels(read_results(b.root))
+def mask_overlap(run_a: Path | FinishedRun, run_b: Path | FinishedRun) -> list[dict]:
+    """Jaccard index of the tickets' masks of two runs, per level, over the trials both have. The masks are
+    read checked (lottery.storage.finished: names, shapes and the digest their networks trained under)."""
+    a = run_a if isinstance(run_a, FinishedRun) else open_run(run_a)
+    b = run_b if isinstance(run_b, FinishedRun) else open_run(run_b)
+    levels_a = _levels(a.rows)
+    levels_b = _levels(b.rows)
     rows = []
     for level in sorted(set(levels_a) & set(levels_b)):
         trials = sorted(set(levels_a[level]) & set(levels_b[level]))
-        pairs = [(_mask(a, t, level), _mask(b, t, level)) for t in trials]
+        pairs = [(a.mask(t, level), b.mask(t, level)) for t in trials]
         values = [jaccard(x, y) for x, y in pairs]
         mean, low, high = spread(values)
-        rows.append({"run_a": a.root.name, "run_b": b.root.name, "level": level,
+        rows.append({"run_a": a.store.root.name, "run_b": b.store.root.name, "level": level,
                      "percent_remaining_a": round(levels_a[level][trials[0]], 3),
                      "percent_remaining_b": round(levels_b[level][trials[0]], 3), "trials": len(trials),
                      "jaccard_mean": round(mean, 4), "jaccard_min": round(low, 4), "jaccard_max": round(high, 4),
@@ -102,7 +92,8 @@ def _compare(run_dirs: list[Path | str], out_dir: Path | str, labels: list[str] 
     labels = labels or [r.name for r in runs]
     if len(labels) != len(runs) or len(set(labels)) != len(labels):
         raise UserError(f"give one distinct label per run ({len(runs)} runs, labels {labels})")
-    opened = [_open(r) for r in runs]
+    finished = [open_run(r) for r in runs]
+    opened = [(run.config, run.rows) for run in finished]
     out = make_folder(Path(out_dir))
 
     table = []
@@ -119,7 +110,7 @@ def _compare(run_dirs: list[Path | str], out_dir: Path | str, labels: list[str] 
                           **{f"early_stop_iteration_{k}": round(v, 1) for k, v in zip(("mean", "min", "max"), it)},
                           **{f"early_stop_test_accuracy_{k}": round(v, 3) for k, v in zip(("mean", "min", "max"), acc)}})
     overlap = []
-    for (i, a), (j, b) in combinations(enumerate(runs), 2):
+    for (i, a), (j, b) in combinations(enumerate(finished), 2):
         for row in mask_overlap(a, b):
             overlap.append({**row, "run_a": labels[i], "run_b": labels[j]})
 

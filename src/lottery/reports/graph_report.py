@@ -8,17 +8,19 @@ from collections import defaultdict
 import torch
 
 from lottery.config import RunConfig
-from lottery.storage.files import RunStore, load_tensors
+from lottery.storage.expect import load_weights, recorded_shapes
+from lottery.storage.files import RunStore
 
 EDGE_SCORE = "edge_weight"  # lottery.models.gcn's edge tensor
 
 
 def edge_gradient_share(store: RunStore, trial: int) -> float | None:
     """Share of the graph's edge scores that the dense training moved from θ0 (any gradient reached them)."""
-    init, final = store.root / f"trial_{trial}" / "init.safetensors", store.final_path(trial, 0, "imp")
+    init, final = store.init_path(trial), store.final_path(trial, 0, "imp")
     if not (init.exists() and final.exists()):
         return None
-    start, end = load_tensors(init).get(EDGE_SCORE), load_tensors(final).get(EDGE_SCORE)
+    shapes = recorded_shapes(store)  # both hold the parameters run.json recorded, of their shapes
+    start, end = load_weights(init, shapes).get(EDGE_SCORE), load_weights(final, shapes).get(EDGE_SCORE)
     if start is None or end is None:
         return None
     return float((start != end).float().mean())

@@ -1,7 +1,14 @@
-"""Read access to a finished `lottery find` run, for the experiments that build on it (noise, attack,
-transfer): its config, results, θ0, masks and trained weights, and the model and data it used."""
+"""Read access to a finished `lottery find` run, for the commands that build on it (noise, attack, transfer,
+stability, export): its config, results, θ0, masks and trained weights, and the model and data it used.
+
+Every tensor file is read through lottery.storage.expect, checked against the run's model: the one a command
+builds (`use_model`), else the registry's model built from what run.json recorded, else run.json's parameters.
+The prunable tensors are those the dense mask holds. A mask is also checked against the digest its network
+recorded when it trained (metrics.json's mask_digest), and results.csv against the finished networks on disk.
+"""
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,12 +18,14 @@ from torch import nn
 
 from lottery.config import RunConfig
 from lottery.data import Dataset, load_data
-from lottery.errors import UserError
+from lottery.errors import BrokenFile, UserError
 from lottery.pruning.masks import Mask
-from lottery.models import build_model
+from lottery.models import GRAPH_MODELS, MODELS, build_model
+from lottery.storage.expect import (RunShapes, check_prunable, check_trained_under, load_mask, load_weights,
+                                    recorded_shapes)
 from lottery.storage.results import read_results
-from lottery.storage.runinfo import check_model, read_config
-from lottery.storage.files import RunStore, load_tensors
+from lottery.storage.runinfo import check_model, read_config, recorded_inputs
+from lottery.storage.files import RunStore, load_tensors, remedy, tensor_digest
 
 ModelFn = Callable[[], nn.Module]
 
@@ -26,6 +35,8 @@ class FinishedRun:
     store: RunStore
     config: RunConfig
     rows: list[dict] = field(repr=False)
+    shapes: RunShapes | None = field(default=None, repr=False)  # see expected()
+    _mask_digests: dict[Path, str] = field(default_factory=dict, repr=False)  # masks read: their digests
 
     @property
     def trials(self) -> list[int]:
@@ -48,22 +59,82 @@ class FinishedRun:
     def has(self, trial: int, level: int, arm: str) -> bool:
         return self.store.is_done(trial, level, arm)
 
+    # --- what the files must hold ------------------------------------------------------------------------
+    def expected(self) -> RunShapes:
+        """The names and shapes of the run's tensors: from the model given to use_model, else from the
+        registry's model as run.json recorded it, else run.json's parameters; the prunable tensors are the
+        dense mask's."""
+        if self.shapes is None:
+            self.use_shapes(_registry_shapes(self) or recorded_shapes(self.store))
+        assert self.shapes is not None
+        return self.shapes
+
+    def use_model(self, model: nn.Module) -> None:
+        """Check every file read from now on against `model` (its parameters and buffers)."""
+        self.use_shapes(RunShapes.of_model(model))
+
+    def use_shapes(self, shapes: RunShapes) -> None:
+        self.shapes = shapes
+        if shapes.prunable is None:
+            names = self._dense_mask(shapes)
+            self.shapes = RunShapes(shapes.parameters, shapes.buffers, names)
+
+    def _dense_mask(self, shapes: RunShapes) -> dict[str, tuple[int, ...]]:
+        """The prunable tensors, as the first trial's dense mask holds them (each a parameter of its shape),
+        checked against the digest its network recorded."""
+        trial = self.trials[0]
+        path = self.store.mask_path(trial, 0)
+        tensors = load_tensors(path)
+        check_prunable(path, tensors, shapes)
+        self._check_lineage(path, tensors, trial, 0, "imp")
+        return {n: tuple(t.shape) for n, t in tensors.items()}
+
+    def _check_lineage(self, path: Path, mask: dict[str, torch.Tensor], trial: int, level: int, arm: str) -> None:
+        """The network (trial, level, arm), when it is finished, was trained under this mask."""
+        if path not in self._mask_digests:
+            self._mask_digests[path] = tensor_digest({n: t.bool() for n, t in mask.items()})
+        metrics = self.store.metrics_path(trial, level, arm)
+        if metrics.exists():
+            check_trained_under(metrics, path, self._mask_digests[path])
+
+    # --- the files -------------------------------------------------------------------------------------
     def init(self, trial: int, device: str = "cpu") -> dict[str, torch.Tensor]:
-        return load_tensors(self.store.init_path(trial), device)
+        return load_weights(self.store.init_path(trial), self.expected(), device)
 
     def start(self, trial: int, device: str = "cpu") -> dict[str, torch.Tensor]:
         """The ticket's start weights: θk when the run rewinds to k > 0, else θ0."""
         if self.config.prune.rewind_iteration:
-            return load_tensors(self.store.rewind_path(trial), device)
+            return load_weights(self.store.rewind_path(trial), self.expected(), device)
         return self.init(trial, device)
 
-    def mask(self, trial: int, level: int, arm: str = "imp", device: str = "cpu") -> Mask:
+    def arm_start(self, trial: int, level: int, arm: str, device: str = "cpu") -> dict[str, torch.Tensor]:
+        """The start weights an arm drew for itself (reinit, same-sign)."""
+        return load_weights(self.store.arm_start_path(trial, level, arm), self.expected(), device)
+
+    def mask_path(self, trial: int, level: int, arm: str = "imp") -> Path:
+        """The mask (trial, level, arm) trains under: the arm's own, else the level's (the ticket's)."""
         own = self.store.arm_mask_path(trial, level, arm)
-        path = own if own.exists() else self.store.mask_path(trial, level)
-        return {n: t.bool() for n, t in load_tensors(path, device).items()}
+        return own if own.exists() else self.store.mask_path(trial, level)
+
+    def mask(self, trial: int, level: int, arm: str = "imp", device: str = "cpu") -> Mask:
+        path = self.mask_path(trial, level, arm)
+        mask = load_mask(path, self.expected(), device)
+        self._check_lineage(path, mask, trial, level, arm)
+        return mask
 
     def final(self, trial: int, level: int, arm: str = "imp", device: str = "cpu") -> dict[str, torch.Tensor]:
-        return load_tensors(self.store.final_path(trial, level, arm), device)
+        return load_weights(self.store.final_path(trial, level, arm), self.expected(), device)
+
+    def check_networks(self, levels: list[int], masks: bool = True) -> None:
+        """Read (and so check) the θT, and the mask if `masks`, of every finished network at `levels`: a command
+        that reads them as it goes calls this first, so that a damaged file is named before any work is done."""
+        for level in levels:
+            for arm in self.arms:
+                for trial in self.trials:
+                    if self.has(trial, level, arm):
+                        self.final(trial, level, arm)
+                        if masks:
+                            self.mask(trial, level, arm)
 
     def nearest_levels(self, targets: tuple[float, ...]) -> list[int]:
         """The levels whose percent remaining is nearest (in log scale) to each target, without repeats."""
@@ -71,6 +142,52 @@ class FinishedRun:
 
         percents = {lv: self.percent(lv) for lv in self.levels}
         return sorted({min(percents, key=lambda lv: abs(math.log(percents[lv] / t))) for t in targets})
+
+
+def _registry_shapes(run: FinishedRun) -> RunShapes | None:
+    """The shapes of the registry's model for this run, built on the meta device (no memory, no random draw)
+    from the inputs run.json recorded; None for a graph model, a model of the user's, or an older run."""
+    spec = run.config.model
+    inputs = recorded_inputs(run.store)
+    if spec.name not in MODELS or spec.name in GRAPH_MODELS or not isinstance(inputs, dict):
+        return None
+    recorded = recorded_shapes(run.store)
+    try:
+        with torch.device("meta"):
+            model = build_model(spec, tuple(inputs["input_shape"]), int(inputs["num_classes"]))
+    except Exception:  # noqa: BLE001 - what run.json says cannot build it: the records alone are checked
+        return None
+    shapes = RunShapes.of_model(model)
+    return shapes if recorded.parameters in (None, shapes.parameters) else None
+
+
+_NETWORK = re.compile(r"trial_(\d+)/level_(\d+)/([^/]+)/metrics\.json")
+
+
+def finished_networks(store: RunStore) -> set[tuple[str, int, int]]:
+    """(arm, trial, level) of every finished network in the run's own folders (its metrics.json exists)."""
+    found = set()
+    for path in store.root.glob("trial_*/level_*/*/metrics.json"):
+        match = _NETWORK.fullmatch(path.relative_to(store.root).as_posix())
+        if match:
+            found.add((match.group(3), int(match.group(1)), int(match.group(2))))
+    return found
+
+
+def check_rows_complete(store: RunStore, rows: list[dict]) -> None:
+    """results.csv holds a row for every finished network of its arms, trials and levels: a table cut at a line
+    boundary parses, and would quietly show fewer networks. (A later `find` with fewer trials, levels or arms
+    writes a smaller table on purpose: only networks of the arms, trials and levels it holds are asked for.)"""
+    arms, trials, levels = ({r[k] for r in rows} for k in ("arm", "trial", "level"))
+    have = {(r["arm"], r["trial"], r["level"]) for r in rows}
+    missing = sorted((t, lv, a) for a, t, lv in finished_networks(store) - have
+                     if a in arms and t in trials and lv in levels)
+    if missing:
+        t, lv, a = missing[0]
+        path = store.results_path
+        raise BrokenFile(f"{path} is incomplete (no row for {len(missing)} finished network"
+                         f"{'s' if len(missing) > 1 else ''}, e.g. trial_{t}/level_{lv:02d}/{a}); {remedy(path)}",
+                         reason="rows of finished networks are missing")
 
 
 def open_run(run_dir: Path | str) -> FinishedRun:
@@ -81,6 +198,7 @@ def open_run(run_dir: Path | str) -> FinishedRun:
     rows = read_results(store.root)
     if not rows:
         raise UserError(f"{store.results_path} has no rows")
+    check_rows_complete(store, rows)
     return FinishedRun(store, config, rows)
 
 
@@ -94,8 +212,5 @@ def model_and_data(run: FinishedRun, data_dir: Path | str | None = None, *, mode
         model_fn = lambda: build_model(spec, data.input_shape, data.num_classes, data.graph)  # noqa: E731
     model = model_fn().to(device)
     check_model(run.store, model)
-    masks = run.mask(run.trials[0], run.levels[0])
-    shapes = dict(model.named_parameters())
-    if any(n not in shapes or shapes[n].shape != m.shape for n, m in masks.items()):
-        raise UserError(f"the model does not match the run's masks in {run.store.root} (pass the run's own model_fn)")
-    return model, model_fn, data, list(masks)
+    run.use_model(model)
+    return model, model_fn, data, list(run.expected().prunable or ())
