@@ -24,6 +24,13 @@ class RunOptions:
     track: tuple[Any, ...] = ()
 
     def validate(self) -> None:
+        if not isinstance(self.device, str):
+            raise UserError(f"device must be a string (cpu, cuda or cuda:N), got {self.device!r}")
+        for name in ("progress", "log_passes"):
+            if not isinstance(getattr(self, name), bool):
+                raise UserError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if self.max_replicas is not None and (isinstance(self.max_replicas, bool) or not isinstance(self.max_replicas, int)):
+            raise UserError(f"max replicas must be an int or None, got {self.max_replicas!r}")
         check_device(self.device)
         if not (isinstance(self.checkpoint_seconds, (int, float)) and math.isfinite(self.checkpoint_seconds)
                 and self.checkpoint_seconds >= 0):

@@ -163,26 +163,3 @@ def _one_by_one(one: Callable[[Params, torch.Tensor], torch.Tensor], shared_inpu
             return torch.stack([one(row, x) for row in rows])
         return torch.stack([one(row, _fast_layout(x[r])) for r, row in enumerate(rows)])
     return forward
-
-
-def check_model_output(model: nn.Module, x: torch.Tensor, num_classes: int) -> None:
-    """The module's forward must map a batch [B, ...] to one tensor of logits [B, classes]."""
-    from lottery.errors import UserError
-
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), torch.random.fork_rng(devices=_devices(x.device)):
-            out = model(x)
-    except Exception as exc:  # the user's module: report its own message, in one line
-        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UserError(f"the model's forward fails on a batch of inputs of shape {tuple(x.shape)}: "
-                        f"{type(exc).__name__}: {text[:200]}") from None
-    finally:
-        model.train(was_training)
-    if not torch.is_tensor(out):
-        raise UserError(f"the model's forward returns a {type(out).__name__}; lottery needs one tensor of logits "
-                        f"[batch, {num_classes}] (wrap the model so that forward returns the logits)")
-    if tuple(out.shape) != (len(x), num_classes):
-        raise UserError(f"the model's forward returns shape {tuple(out.shape)} for a batch of {len(x)}; lottery "
-                        f"needs logits [batch, {num_classes}] for the {num_classes} classes of the data")
