@@ -304,6 +304,7 @@ class Tally:
 
     def __init__(self, name: str) -> None:
         self.name, self.counts, self.lost, self.notes = name, dict.fromkeys(self.KINDS, 0), 0, []
+        self.succeeded: list[str] = []
 
     def judge(self, label: str, result: subprocess.CompletedProcess, named: str, lost: list[str]) -> None:
         lines = result.stderr.strip().splitlines()
@@ -317,6 +318,8 @@ class Tally:
         else:
             kind = "other"
         self.counts[kind] += 1
+        if kind == "succeeded":
+            self.succeeded.append(label)
         if kind in ("traceback", "other"):
             self.notes.append(f"{kind}: {label}: rc {result.returncode}: {last[:160]}")
         if lost:
@@ -329,6 +332,14 @@ class Tally:
               + f"; lost {self.lost}")
         for note in self.notes:
             print("  " + note)
+        if self.succeeded:
+            by_damage: dict[str, list[str]] = {}
+            for label in self.succeeded:
+                damage, _, command = label.rpartition(" / ")
+                by_damage.setdefault(damage, []).append(command)
+            print("  succeeded (the command did not need the damaged or linked path):")
+            for damage, commands in by_damage.items():
+                print(f"    {damage}: {', '.join(commands)}")
 
 
 def _finished_run(work: Path, name: str) -> Path:
