@@ -66,18 +66,17 @@ class FinishedRun:
         dense mask's."""
         if self.shapes is None:
             self.use_shapes(_registry_shapes(self) or recorded_shapes(self.store))
-        assert self.shapes is not None
-        return self.shapes
+        return self.shapes  # type: ignore[return-value]  # use_shapes set it
 
     def use_model(self, model: nn.Module) -> None:
         """Check every file read from now on against `model` (its parameters and buffers)."""
         self.use_shapes(RunShapes.of_model(model))
 
     def use_shapes(self, shapes: RunShapes) -> None:
-        self.shapes = shapes
+        """Check every file read from now on against `shapes` (the prunable tensors, if not given: the dense mask's)."""
         if shapes.prunable is None:
-            names = self._dense_mask(shapes)
-            self.shapes = RunShapes(shapes.parameters, shapes.buffers, names)
+            shapes = RunShapes(shapes.parameters, shapes.buffers, self._dense_mask(shapes))
+        self.shapes = shapes
 
     def _dense_mask(self, shapes: RunShapes) -> dict[str, tuple[int, ...]]:
         """The prunable tensors, as the first trial's dense mask holds them (each a parameter of its shape),
