@@ -146,7 +146,7 @@ def test_a_batchnorm_model_runs_through_the_analysis(tmp_path, mnist1d):
 
 @pytest.mark.parametrize("flags, problem", [
     (["--rewind", "120"], "rewind points must be in [0, 120)"),
-    (["--alphas", "1"], "at least 2 points"),
+    (["--alphas", "1"], "--alphas must be at least 2, got 1"),
     (["--levels", "7"], "levels [7] are not in"),
     (["--arms", "reinit"], "stability arms are imp, random"),
     (["--max-replicas", "0"], "--max-replicas must be at least 1, got 0"),

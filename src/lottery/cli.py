@@ -13,7 +13,7 @@ from statistics import mean
 from typing import TYPE_CHECKING
 
 from lottery.config import RunConfig, TrainConfig, apply_overrides, scale_schedule, set_value
-from lottery.validation import check_builtin_loop, check_count, run_dir_inside, validate
+from lottery.validation import check_builtin_loop, run_dir_inside, validate
 from lottery.errors import UserError
 
 if TYPE_CHECKING:
@@ -473,15 +473,10 @@ def _transfer(args: argparse.Namespace) -> None:
     print(f"transfer: {out}")
 
 
-MAX_ALPHAS = 1_000
-
-
 def _stability(args: argparse.Namespace) -> None:
-    from lottery.experiments.stability import stability_run
+    from lottery.experiments.stability import check_alphas, stability_run
 
-    check_count("--alphas", args.alphas, MAX_ALPHAS, "each point evaluates the interpolated network on the training "
-                "sample and the test set, for every level, arm, trial and rewind point; 30 resolve the barrier",
-                least=2)
+    check_alphas(args.alphas, "--alphas")
     options = _run_options(args)
     out = stability_run(args.run_dir, levels=_numbers(args.levels, int, "--levels"),
                         rewind=_numbers(args.rewind, int, "--rewind"), alphas=args.alphas,

@@ -42,6 +42,7 @@ from lottery.pruning.prune import parse_pattern
 from lottery.training.sizing import eval_batch_for, replicas_per_pass
 from lottery.experiments.stability_report import write_report
 from lottery.errors import BrokenFile
+from lottery.validation import check_count
 from lottery.storage.expect import load_weights, load_weights_and_optimizer, optimizer_steps, read_replica_metrics
 from lottery.storage.files import NetworkFiles, load_json, remedy, save_csv, save_json, save_tensors, writes_into_run
 from lottery.training.replicas import ReplicaSpec
@@ -79,6 +80,15 @@ def variant_name(keep_optimizer: bool, same_noise: bool) -> str:
     return ("kept-optimizer" if keep_optimizer else "fresh-optimizer") + ("-same-noise" if same_noise else "")
 
 
+MAX_ALPHAS = 1_000
+
+
+def check_alphas(alphas: int, name: str = "alphas") -> None:
+    """The library's bound, which the CLI's --alphas names as its own flag."""
+    check_count(name, alphas, MAX_ALPHAS, "each point evaluates the interpolated network on the training sample "
+                "and the test set, for every level, arm, trial and rewind point; 30 resolve the barrier", least=2)
+
+
 @writes_into_run("lottery stability")
 def stability_run(run_dir: Path | str, *, levels: list[int] | None = None, rewind: list[int] | None = None,
                   alphas: int = 30, arms: list[str] | None = None, trials: list[int] | None = None,
@@ -108,6 +118,7 @@ def stability_run(run_dir: Path | str, *, levels: list[int] | None = None, rewin
     trials = run.trials if trials is None else sorted(set(trials))
     if any(t not in run.trials for t in trials):
         raise UserError(f"trials {trials} are not all in {run.store.root} (it has {run.trials})")
+    check_alphas(alphas)
     try:
         weights = alphas_between(alphas)
     except ValueError as exc:

@@ -79,7 +79,7 @@ class Procedure:
         self.levels = config.levels()
         self.track_path = needs_path(config.prune.criterion)
         self.tickets = Tickets(config, store, model_fn, roles, device, self.track_path, probe_for)
-        self.lineage = LineageCheck(store, list(config.arms), bool(config.prune.one_shot))
+        self.lineage = LineageCheck(store, list(config.arms), bool(config.prune.one_shot), self.tickets.shapes)
         # A graph model's edges are counted apart from its weights, with the MACs of a whole-graph forward.
         self.edge_names = [n for n, kind in roles.items() if kind == "edge"]
         self.macs_of = getattr(model_fn(), "inference_macs", None) if self.edge_names else None

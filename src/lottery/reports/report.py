@@ -12,7 +12,6 @@ from lottery.reports.claims import check_claims, claims_markdown, protocol_cavea
 from lottery.environment import describe
 from lottery.errors import UserError
 from lottery.reports.figures import get_cmap, percent_axis, save_figure, spread, subplots
-from lottery.storage.finished import check_rows_complete
 from lottery.storage.results import read_results
 from lottery.storage.runinfo import read_config, recorded_environment
 from lottery.storage.files import RunStore, atomic_write_text, load_csv
@@ -211,8 +210,6 @@ def _write_report(store: RunStore, config, live: LiveRun | None) -> Path:  # typ
     if not rows:
         raise UserError(f"{store.results_path} has no rows yet" if live is None else
                         f"no network of {store.root} has finished yet ({live.holder} is writing it); run this again later")
-    if live is None:  # a table cut at a line boundary would plot fewer networks without a word
-        check_rows_complete(store, rows)
     grouped = _by_arm_level(rows)
     out = store.root / "report"
     user_loop = config.train.loop == "user"

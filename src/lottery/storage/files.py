@@ -271,13 +271,24 @@ def remedy(path: Path) -> str:
         return "run the same `lottery find` again to rewrite it from the level folders"
     if name == "config.toml":
         return "restore it (the run's hash is in run.json and in the folder name) or start a new run"
-    if name in ("init.safetensors", "rewind.safetensors"):
-        return f"remove the folder {parent} and run the same `lottery find` again"
-    if name == "mask.safetensors" and parent.name.startswith("level_"):
-        return f"remove {parent} and the later levels of {parent.parent.name}, then run the same `lottery find` again"
-    if parent.parent.name.startswith("level_"):
-        return f"remove the folder {parent} and run the same `lottery find` again to retrain it"
-    return f"remove {parent if name == 'metrics.json' else path} and run the command that wrote it again"
+    depth = {"init.safetensors": 1, "rewind.safetensors": 1, "rewind_optimizer.safetensors": 1}.get(
+        name, 2 if parent.name.startswith("level_") else 3)
+    if _in_run_itself(path, depth):  # trial_T/..., not an experiment's copy of that layout (stability's k_K/trial_T/)
+        if depth == 1:
+            return f"remove the folder {parent} and run the same `lottery find` again"
+        if name == "mask.safetensors" and parent.name.startswith("level_"):
+            return f"remove {parent} and the later levels of {parent.parent.name}, then run the same `lottery find` again"
+        if parent.parent.name.startswith("level_"):
+            return f"remove the folder {parent} and run the same `lottery find` again to retrain it"
+    whole_folder = name in (METRICS, FINAL, CURVES)  # a network's files: its folder goes with them
+    return f"remove {parent if whole_folder else path} and run the command that wrote it again"
+
+
+def _in_run_itself(path: Path, depth: int) -> bool:
+    """`path` is `depth` folders below a run's root (the folder holding config.toml), under trial_T."""
+    parents = path.parents
+    return len(parents) > depth and parents[depth - 1].name.startswith("trial_") and \
+        (parents[depth] / "config.toml").exists()
 
 
 def _broken(path: Path, what: str, detail: object) -> BrokenFile:

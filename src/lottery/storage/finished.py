@@ -8,7 +8,6 @@ recorded when it trained (metrics.json's mask_digest), and results.csv against t
 """
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -160,35 +159,6 @@ def _registry_shapes(run: FinishedRun) -> RunShapes | None:
     return shapes if recorded.parameters in (None, shapes.parameters) else None
 
 
-_NETWORK = re.compile(r"trial_(\d+)/level_(\d+)/([^/]+)/metrics\.json")
-
-
-def finished_networks(store: RunStore) -> set[tuple[str, int, int]]:
-    """(arm, trial, level) of every finished network in the run's own folders (its metrics.json exists)."""
-    found = set()
-    for path in store.root.glob("trial_*/level_*/*/metrics.json"):
-        match = _NETWORK.fullmatch(path.relative_to(store.root).as_posix())
-        if match:
-            found.add((match.group(3), int(match.group(1)), int(match.group(2))))
-    return found
-
-
-def check_rows_complete(store: RunStore, rows: list[dict]) -> None:
-    """results.csv holds a row for every finished network of its arms, trials and levels: a table cut at a line
-    boundary parses, and would quietly show fewer networks. (A later `find` with fewer trials, levels or arms
-    writes a smaller table on purpose: only networks of the arms, trials and levels it holds are asked for.)"""
-    arms, trials, levels = ({r[k] for r in rows} for k in ("arm", "trial", "level"))
-    have = {(r["arm"], r["trial"], r["level"]) for r in rows}
-    missing = sorted((t, lv, a) for a, t, lv in finished_networks(store) - have
-                     if a in arms and t in trials and lv in levels)
-    if missing:
-        t, lv, a = missing[0]
-        path = store.results_path
-        raise BrokenFile(f"{path} is incomplete (no row for {len(missing)} finished network"
-                         f"{'s' if len(missing) > 1 else ''}, e.g. trial_{t}/level_{lv:02d}/{a}); {remedy(path)}",
-                         reason="rows of finished networks are missing")
-
-
 def open_run(run_dir: Path | str) -> FinishedRun:
     store = RunStore(run_dir)
     if not store.results_path.exists():
@@ -197,7 +167,6 @@ def open_run(run_dir: Path | str) -> FinishedRun:
     rows = read_results(store.root)
     if not rows:
         raise UserError(f"{store.results_path} has no rows")
-    check_rows_complete(store, rows)
     return FinishedRun(store, config, rows)
 
 

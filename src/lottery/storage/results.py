@@ -1,6 +1,7 @@
 """results.csv: one row per (arm, trial, level), gathered from each finished replica's metrics.json."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,10 @@ def collect_results(store: RunStore, trials: list[int], levels: list[int], arms:
                 path = store.metrics_path(trial, level, arm)
                 if path.exists():
                     metrics = read_metrics(path)
+                    says = (metrics["arm"], metrics["trial"], metrics["level"])
+                    if says != (arm, trial, level):  # a file copied from another network's folder
+                        raise BrokenFile(f"{path} is another network's (it says arm {says[0]}, trial {says[1]}, level "
+                                         f"{says[2]}); {remedy(path)}", reason="another network's metrics")
                     row = {c: metrics.get(c, "") for c in RESULT_COLUMNS + LATER_COLUMNS}
                     if "steps" in metrics:  # a user's loop: the steps it took (the ledger's train_iterations)
                         row["steps"] = metrics["steps"]
@@ -59,8 +64,38 @@ def collect_results(store: RunStore, trials: list[int], levels: list[int], arms:
     return rows
 
 
+_NETWORK = re.compile(r"trial_(\d+)/level_(\d+)/([^/]+)/metrics\.json")
+
+
+def finished_networks(store: RunStore) -> set[tuple[str, int, int]]:
+    """(arm, trial, level) of every finished network in the run's own folders (its metrics.json exists)."""
+    found = set()
+    for path in store.root.glob("trial_*/level_*/*/metrics.json"):
+        match = _NETWORK.fullmatch(path.relative_to(store.root).as_posix())
+        if match:
+            found.add((match.group(3), int(match.group(1)), int(match.group(2))))
+    return found
+
+
+def check_rows_complete(store: RunStore, rows: list[dict]) -> None:
+    """results.csv holds a row for every finished network of its arms, trials and levels: a table cut at a line
+    boundary parses, and would quietly show fewer networks. (A later `find` with fewer trials, levels or arms
+    writes a smaller table on purpose: only networks of the arms, trials and levels it holds are asked for.)"""
+    arms, trials, levels = ({r[k] for r in rows} for k in ("arm", "trial", "level"))
+    have = {(r["arm"], r["trial"], r["level"]) for r in rows}
+    missing = sorted((t, lv, a) for a, t, lv in finished_networks(store) - have
+                     if a in arms and t in trials and lv in levels)
+    if missing:
+        t, lv, a = missing[0]
+        path = store.results_path
+        raise BrokenFile(f"{path} is incomplete (no row for {len(missing)} finished network"
+                         f"{'s' if len(missing) > 1 else ''}, e.g. trial_{t}/level_{lv:02d}/{a}); {remedy(path)}",
+                         reason="rows of finished networks are missing")
+
+
 def read_results(run_dir: Path | str) -> list[dict[str, Any]]:
-    """results.csv with numbers parsed; a truncated or foreign table is one clear error naming the file."""
+    """results.csv with numbers parsed; a truncated, foreign or incomplete table is one clear error naming the
+    file (read_results is its only reader: report, claims, compare, the CLI's summary and the experiments)."""
     path = RunStore(run_dir).results_path
     rows = load_csv(path, RESULT_COLUMNS)
     ints = {"trial", "level", "weights_remaining", "prunable_weights", "early_stop_iteration",
@@ -73,4 +108,5 @@ def read_results(run_dir: Path | str) -> list[dict[str, Any]]:
                             else int(v) if k in ints else float(v)) for k, v in row.items()})
         except ValueError as exc:
             raise BrokenFile(f"{path} is malformed (line {number}: {exc}); {remedy(path)}") from None
+    check_rows_complete(RunStore(run_dir), out)
     return out
