@@ -82,8 +82,13 @@ def _unchanged(run: Path, finished: Path) -> None:
 EXPORT_ARM = {"init": "imp", "mask": "imp", "random mask": "random", "reinit start": "reinit", "final": "imp"}
 
 
-@pytest.mark.parametrize("how", ["flipped", "renamed", "halved", "empty"])
-@pytest.mark.parametrize("which", list(FILES))
+DAMAGES = ["flipped", "renamed", "halved", "empty"]
+# Each file and each damage once in `make test`; the whole product in `make test-all` (the 5-minute budget).
+EXPORT_CASES = [pytest.param(which, how, marks=() if j == i % len(DAMAGES) else pytest.mark.slow)
+                for i, which in enumerate(FILES) for j, how in enumerate(DAMAGES)]
+
+
+@pytest.mark.parametrize(("which", "how"), EXPORT_CASES)
 def test_invariant_12_export_refuses_a_damaged_ticket_file(run_copy, finished, which, how):
     damaged = run_copy / FILES[which]
     _damage(damaged, how)

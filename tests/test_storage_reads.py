@@ -55,12 +55,12 @@ def test_tensor_files_are_the_same_bytes_from_every_process(tmp_path):
               "save_tensors(sys.argv[1], {f't{i}': torch.arange(i + 1.0) for i in range(6)}, "
               "{k: k * 3 for k in ('optimizer_steps', 'iteration', 'lineage', 'trial', 'rewind')})")
     outputs = []
-    for i in range(3):
+    for i in range(2):
         out = tmp_path / f"{i}.safetensors"
         subprocess.run([sys.executable, "-c", script, str(out)], check=True, cwd=REPO, env={
             **os.environ, "PYTHONHASHSEED": str(i)})
         outputs.append(out.read_bytes())
-    assert outputs[0] == outputs[1] == outputs[2]
+    assert outputs[0] == outputs[1]
     assert load_metadata(tmp_path / "0.safetensors")["trial"] == "trialtrialtrial"
     assert "tensors_digest" not in load_metadata(tmp_path / "0.safetensors")
 

@@ -71,8 +71,9 @@ def notes(tmp_path) -> Path:
 
 
 # --- the lock -----------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("command", [["report"], ["claims"], ["find", *TINY, "--levels", "3"], ["noise"],
-                                     ["stability"]])
+@pytest.mark.parametrize("command", [["report"], ["find", *TINY, "--levels", "3"],  # the rest in make test-all
+                                     *(pytest.param(c, marks=pytest.mark.slow) for c in (["claims"], ["noise"],
+                                                                                        ["stability"]))])
 def test_invariant_11_a_lock_that_is_a_link_is_refused_and_its_target_untouched(run_copy, notes, command):
     lock = run_copy / ".lock"
     lock.unlink(missing_ok=True)
