@@ -25,7 +25,8 @@ import torch
 from torch import nn
 
 from lottery.errors import BrokenFile, UserError
-from lottery.storage.files import RunStore, load_json, load_metadata, load_tensors, remedy
+from lottery.storage.files import (RunStore, check_shapes, foreign_tensors, load_json, load_metadata,
+                                   load_tensors, remedy)
 from lottery.storage.results import METRIC_TYPES, read_metrics
 from lottery.storage.runinfo import recorded_model
 
@@ -58,49 +59,35 @@ class RunShapes:
 
 
 # --- the checks, one per kind of file ----------------------------------------------------------------------
-def _foreign(path: Path, detail: str) -> BrokenFile:
-    return BrokenFile(f"{path} is not the tensors this run's model has ({detail}); {remedy(path)}", reason=detail)
-
-
 def _names(names: Iterable[str]) -> str:
     names = sorted(names)
     return ", ".join(names[:3]) + (" ..." if len(names) > 3 else "")
 
 
-def _same(path: Path, tensors: Mapping[str, torch.Tensor], expect: Shapes, *, extra_allowed: bool = False) -> None:
-    """`tensors` hold every name of `expect` with its shape, and (unless `extra_allowed`) nothing else."""
-    missing = set(expect) - set(tensors)
-    extra = set() if extra_allowed else set(tensors) - set(expect)
-    if missing or extra:
-        parts = ([f"no {_names(missing)}"] if missing else []) + ([f"unexpected {_names(extra)}"] if extra else [])
-        raise _foreign(path, "; ".join(parts))
-    for name in sorted(expect):
-        if tuple(tensors[name].shape) != tuple(expect[name]):
-            raise _foreign(path, f"{name} has shape {tuple(tensors[name].shape)} where {tuple(expect[name])} belongs")
 
 
 def check_weights(path: Path, tensors: Mapping[str, torch.Tensor], shapes: RunShapes) -> None:
     """A weights file: exactly the parameters and buffers (the parameters alone when the buffers are unknown)."""
     if shapes.weights is not None:
-        _same(path, tensors, shapes.weights)
+        check_shapes(path, tensors, shapes.weights)
     elif shapes.parameters is not None:
-        _same(path, tensors, shapes.parameters, extra_allowed=True)
+        check_shapes(path, tensors, shapes.parameters, extra_allowed=True)
     if not tensors:
-        raise _foreign(path, "it holds no tensors")
+        raise foreign_tensors(path, "it holds no tensors")
 
 
 def check_prunable(path: Path, tensors: Mapping[str, torch.Tensor], shapes: RunShapes) -> None:
     """A mask (or path length, or trajectory step): exactly the prunable tensors; when those are unknown, at
     least one tensor, each a parameter of its shape."""
     if not tensors:
-        raise _foreign(path, "it holds no tensors")
+        raise foreign_tensors(path, "it holds no tensors")
     if shapes.prunable is not None:
-        _same(path, tensors, shapes.prunable)
+        check_shapes(path, tensors, shapes.prunable)
     elif shapes.parameters is not None:
-        _same(path, tensors, {n: shapes.parameters[n] for n in tensors if n in shapes.parameters})
+        check_shapes(path, tensors, {n: shapes.parameters[n] for n in tensors if n in shapes.parameters})
         strangers = set(tensors) - set(shapes.parameters)
         if strangers:
-            raise _foreign(path, f"unexpected {_names(strangers)}")
+            raise foreign_tensors(path, f"unexpected {_names(strangers)}")
 
 
 def check_optimizer(path: Path, tensors: Mapping[str, torch.Tensor], shapes: RunShapes, prefix: str = "") -> None:
@@ -115,9 +102,9 @@ def check_optimizer(path: Path, tensors: Mapping[str, torch.Tensor], shapes: Run
         return
     for kind, by_name in sorted(kinds.items()):
         try:
-            _same(path, by_name, shapes.parameters)
+            check_shapes(path, by_name, shapes.parameters)
         except BrokenFile as exc:
-            raise _foreign(path, f"optimizer state {kind}: {exc.reason}") from None
+            raise foreign_tensors(path, f"optimizer state {kind}: {exc.reason}") from None
 
 
 def load_weights(path: Path, shapes: RunShapes, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:

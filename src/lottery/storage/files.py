@@ -358,19 +358,26 @@ def load_tensors(path: Path, device: torch.device | str = "cpu", *,
     return {k: tensors[k].to(device) for k in sorted(tensors)}
 
 
-def check_shapes(path: Path, tensors: Mapping[str, torch.Tensor], expect: TensorShapes) -> None:
-    """`tensors` (read from `path`) hold exactly the names and shapes of `expect`, or one error names the first
-    difference."""
+def check_shapes(path: Path, tensors: Mapping[str, torch.Tensor], expect: TensorShapes, *,
+                 extra_allowed: bool = False) -> None:
+    """`tensors` (read from `path`) hold every name of `expect` with its shape and, unless `extra_allowed`,
+    nothing else; else one error names the first difference."""
     missing = sorted(set(expect) - set(tensors))
-    extra = sorted(set(tensors) - set(expect))
+    extra = [] if extra_allowed else sorted(set(tensors) - set(expect))
     if missing or extra:
-        parts = ([f"no {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}"] if missing else []) + \
-                ([f"unexpected {', '.join(extra[:3])}{' ...' if len(extra) > 3 else ''}"] if extra else [])
-        raise _broken(path, "not the tensors this run's model has", "; ".join(parts))
+        parts = ([f"no {_some(missing)}"] if missing else []) + ([f"unexpected {_some(extra)}"] if extra else [])
+        raise foreign_tensors(path, "; ".join(parts))
     for name in sorted(expect):
         if tuple(tensors[name].shape) != tuple(expect[name]):
-            raise _broken(path, "not the tensors this run's model has",
-                          f"{name} has shape {tuple(tensors[name].shape)} where {tuple(expect[name])} belongs")
+            raise foreign_tensors(path, f"{name} has shape {tuple(tensors[name].shape)} where {tuple(expect[name])} belongs")
+
+
+def foreign_tensors(path: Path, detail: str) -> BrokenFile:
+    return BrokenFile(f"{path} is not the tensors this run's model has ({detail}); {remedy(path)}", reason=detail)
+
+
+def _some(names: list[str]) -> str:
+    return ", ".join(names[:3]) + (" ..." if len(names) > 3 else "")
 
 
 def _header(data: bytes) -> dict:
