@@ -121,3 +121,23 @@ def test_speech_models_count_their_weights_and_a_tiny_imp_run_trains(fsdd_dir, t
     rows = lottery.read_results(run)
     assert {(r["arm"], r["level"]) for r in rows} == {("imp", 0), ("imp", 1), ("reinit", 1), ("random", 1)}
     assert all(r["early_stop_test_accuracy"] > 0.15 for r in rows if r["arm"] == "imp")  # above chance (0.1)
+
+
+def test_an_md5sums_that_is_not_text_and_a_pipe_for_a_recording_are_named(fsdd_dir, tmp_path):
+    """Issue 37, item 13: a binary MD5SUMS and a named pipe in a recording's place are one UserError each (a
+    pipe is never opened for a blocking read)."""
+    import os
+
+    copy = tmp_path / "fsdd"
+    (copy / "recordings").mkdir(parents=True)
+    for path in (fsdd_dir / "fsdd" / "recordings").iterdir():
+        (copy / "recordings" / path.name).symlink_to(path)
+    (copy / "MD5SUMS").write_bytes(b"\xff\xfe\x00binary" * 10)
+    with pytest.raises(UserError, match="MD5SUMS is not a text list of MD5 sums"):
+        recordings(copy)
+    shutil.copy(fsdd_dir / "fsdd" / "MD5SUMS", copy / "MD5SUMS")
+    piped = sorted((copy / "recordings").iterdir())[0]
+    piped.unlink()
+    os.mkfifo(piped)
+    with pytest.raises(UserError, match=f"{piped.name} is not a regular file"):
+        recordings(copy)

@@ -4,10 +4,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import stat
 import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from typing import BinaryIO
 from pathlib import Path
 
 from lottery.errors import UserError
@@ -15,9 +17,20 @@ from lottery.errors import UserError
 TIMEOUT_SECONDS = 30
 
 
+@contextlib.contextmanager
+def open_regular(path: Path) -> Iterator[BinaryIO]:
+    """A dataset file opened for reading, if it is a regular file: a named pipe or a folder in its place is named,
+    never read (a pipe would block forever)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise UserError(f"{path} is not a regular file (a folder, a named pipe or a device); restore the dataset file")
+        yield handle
+
+
 def md5_of(path: Path) -> str:
     digest = hashlib.md5()
-    with open(path, "rb") as handle:
+    with open_regular(path) as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from lottery.errors import UserError
-from lottery.data.download import md5_of
+from lottery.data.download import md5_of, open_regular
 from lottery.data.raw import RawSplits
 
 SPEAKERS = ("george", "jackson", "lucas", "nicolas", "theo", "yweweler")
@@ -108,7 +108,12 @@ def recordings(folder: Path) -> list[tuple[Path, int, str, int]]:
     if not (folder / "recordings").is_dir() or not sums_path.exists():
         raise UserError(f"{folder} has no FSDD (recordings/ and MD5SUMS); get {WHERE}")
     expected = {}
-    for line in sums_path.read_text().splitlines():
+    try:
+        with open_regular(sums_path) as handle:
+            text = handle.read().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{sums_path} is not a text list of MD5 sums ({exc.reason} at byte {exc.start}); get {WHERE}") from None
+    for line in text.splitlines():
         md5, _, name = line.strip().partition("  ")
         if md5 and name:
             expected[Path(name).name] = md5
