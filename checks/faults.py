@@ -364,7 +364,10 @@ def _run_case(tally: Tally, label: str, copy: Path, argv: list[str], damaged: st
     except subprocess.TimeoutExpired:
         result = subprocess.CompletedProcess(argv, -1, "", f"blocked for {timeout} s")
     after = _snapshot(copy)
-    lost = [k for k, v in before.items() if k != damaged and after.get(k) != v]
+    # A failed command must leave every good file as it was; one that succeeded may rewrite what it extends
+    # (find --levels 3 adds rows to results.csv) but must not lose a file.
+    lost = [k for k, v in before.items() if k != damaged and after.get(k) != v
+            and (result.returncode != 0 or k not in after)]
     tally.judge(label, result, named, lost)
 
 

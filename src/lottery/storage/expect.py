@@ -164,7 +164,7 @@ def contradiction(problem: str, folders: list[Path]) -> Contradiction:
 def recorded_mask_digest(metrics: Path) -> str | None:
     """The digest of the mask a network was trained under, as its metrics.json recorded it (None: not recorded,
     a run from before lineage)."""
-    return read_metrics(metrics, ()).get("mask_digest")
+    return read_metrics(metrics).get("mask_digest")  # every field checked: a bad file is named before training
 
 
 def check_trained_under(metrics: Path, mask_path: Path, digest: str) -> None:

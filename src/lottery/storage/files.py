@@ -293,7 +293,9 @@ def _in_run_itself(path: Path, depth: int) -> bool:
 
 def _broken(path: Path, what: str, detail: object) -> BrokenFile:
     text = str(detail).strip().splitlines()[0] if str(detail).strip() else type(detail).__name__
-    return BrokenFile(f"{path} is {what} ({text[:120]}); {remedy(path)}", reason=text[:120])
+    if len(text) > 120:  # one line: the start of a long detail, cut at a word
+        text = text[:117].rsplit(" ", 1)[0].rstrip(",;:") + " ..."
+    return BrokenFile(f"{path} is {what} ({text}); {remedy(path)}", reason=text)
 
 
 def read_bytes(path: Path, limit: int | None = None) -> bytes:

@@ -70,14 +70,15 @@ def read_run_info(store: RunStore) -> dict[str, Any]:
 
     if not (isinstance(info["run_hash"], str) and _HASH.fullmatch(info["run_hash"])):
         raise broken("run_hash", "the run's 10-digit hex hash")
+    # A field may be absent (run.json from before it was kept), never null: claim() writes none as null.
     model = info.get("model")
-    if model is not None and not (isinstance(model, dict) and isinstance(model.get("class"), str)
-                                  and isinstance(model.get("parameters"), dict)):
+    if "model" in info and not (isinstance(model, dict) and isinstance(model.get("class"), str)
+                                and isinstance(model.get("parameters"), dict)):
         raise broken("model", "an object with class and parameters")
     for field in ("inputs", "environment"):
-        if info.get(field) is not None and not isinstance(info[field], dict):
+        if field in info and not isinstance(info[field], dict):
             raise broken(field, "an object")
-    if info.get("environments") is not None and not isinstance(info["environments"], list):
+    if "environments" in info and not isinstance(info["environments"], list):
         raise broken("environments", "a list")
     return info
 
