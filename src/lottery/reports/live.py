@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lottery.errors import RunInUse
-from lottery.storage.files import LOCK_NAME, RunStore, hold_run, links_refused_below, load_csv, remove_file
+from lottery.errors import RunInUse, UserError
+from lottery.storage.files import LOCK_NAME, RunStore, hold_run, links_refused_below, load_csv, read_text, remove_file
 from lottery.storage.results import LATER_COLUMNS, LATER_FLOATS, collect_results
 
 _INTS = {"trial", "level", "weights_remaining", "prunable_weights", "early_stop_iteration",
@@ -41,8 +41,8 @@ class LiveRun:
 
 def _holder(store: RunStore) -> str:
     try:
-        pid, _, command = (store.root / LOCK_NAME).read_text().strip().partition(" ")
-    except OSError:
+        pid, _, command = read_text(store.root / LOCK_NAME).strip().partition(" ")
+    except (OSError, UserError):
         return "another process"
     return f"{command} (PID {pid})" if pid.isdigit() else "another process"
 

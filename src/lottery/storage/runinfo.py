@@ -19,7 +19,7 @@ from torch import nn
 from lottery.config import RunConfig, flatten, from_toml, to_toml
 from lottery.environment import differences, environment
 from lottery.errors import BrokenFile, UserError
-from lottery.storage.files import RunStore, atomic_write_text, load_json, remedy, save_json
+from lottery.storage.files import RunStore, atomic_write_text, load_json, read_text, remedy, save_json
 
 FORMAT = 1
 _NAME_HASH = re.compile(r"-([0-9a-f]{10})$")  # `lottery find` names run directories <preset>-<hash>
@@ -36,12 +36,10 @@ def read_config(store: RunStore) -> RunConfig:
     """config.toml, parsed and checked against the run's recorded hash."""
     path = store.config_path
     try:
-        text = path.read_text()
+        text = read_text(path)  # a regular file's UTF-8 text: a named pipe is named, never read
     except FileNotFoundError:
         raise BrokenFile(f"{path} is missing: {store.root} is not a `lottery find` run directory, or its config "
                          f"was removed; {remedy(path)}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise BrokenFile(f"{path} is unreadable ({exc}); {remedy(path)}") from None
     try:
         config = from_toml(text)
     except UserError as exc:
