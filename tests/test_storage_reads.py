@@ -143,3 +143,21 @@ def test_a_killed_writers_temp_files_are_removed_and_a_live_ones_kept(tmp_path):
         path.write_bytes(b"partial")
     remove_stale_temps(out)
     assert not stale.exists() and live.exists() and other.exists()
+
+
+def test_a_named_pipe_for_config_toml_is_named_by_the_commands_without_blocking(tmp_path):
+    """Issue 37, item 13: `report` (and every reader of a run's config) blocked forever on a pipe."""
+    from conftest import run_main
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "results.csv").write_text("arm,trial,level\n")
+    os.mkfifo(run / "config.toml")
+    results: list = []
+    thread = threading.Thread(target=lambda: results.append(run_main("report", str(run))), daemon=True)
+    thread.start()
+    thread.join(timeout=60)
+    assert not thread.is_alive(), "report blocked on a named pipe"
+    (result,) = results
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and "config.toml is a named pipe" in lines[0], result.stderr
