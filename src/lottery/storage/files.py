@@ -65,6 +65,8 @@ def _write_error(path: Path, exc: OSError) -> WriteFailed:
     reason = exc.strerror or str(exc)
     if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
         hint = "free some space and run the same command again: everything finished before is kept"
+    elif exc.errno == errno.EISDIR:
+        hint = "a folder of that name is in the way: remove it and run the same command again"
     else:
         hint = "choose a folder you can write to"
     return WriteFailed(f"cannot write {path}: {reason}; {hint}")
