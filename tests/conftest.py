@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -121,3 +122,28 @@ def run_cli(*args: str, env: dict[str, str] | None = None, cwd: Path | None = No
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, "-m", "lottery.cli", *args], capture_output=True, text=True,
                           env=full_env, cwd=cwd, timeout=600)
+
+
+def one_line_exit_2(result: subprocess.CompletedProcess, *fragments: str) -> str:
+    """A refusal as the CLI must give it: exit 2, one `lottery: error:` line holding every fragment, no traceback."""
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("lottery: error:"), result.stderr
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+def finished_run(out: Path, *find_args: str, run=None) -> Path:  # type: ignore[no-untyped-def]
+    """A finished `lottery find FIND_ARGS` under `out` (in this process unless `run` is run_cli): its run directory."""
+    assert (run or run_main)("find", *find_args, "--out", str(out)).returncode == 0
+    (run_dir,) = out.iterdir()
+    return run_dir
+
+
+def copy_of_run(run_dir: Path, tmp_path: Path) -> Path:
+    """A copy of a finished run for one test to damage, under tmp_path/runs/."""
+    copy = tmp_path / "runs" / run_dir.name
+    shutil.copytree(run_dir, copy)
+    return copy

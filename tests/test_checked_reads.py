@@ -19,7 +19,7 @@ from safetensors.torch import save as st_save
 
 from lottery.errors import WriteFailed
 
-from conftest import REPO, run_main
+from conftest import REPO, copy_of_run, finished_run, one_line_exit_2, run_main
 
 TINY = ["--iterations", "40", "--levels", "2", "--trials", "2", "--arms", "imp,reinit,random", "--set",
         "model.hidden=32,32", "--set", "train.eval_every=10", "--set", "train.batch_size=50", "--no-progress"]
@@ -28,29 +28,16 @@ FILES = {"init": "trial_0/init.safetensors", "mask": "trial_0/level_01/mask.safe
          "reinit start": "trial_0/level_01/reinit/start.safetensors", "final": "trial_0/level_01/imp/final.safetensors"}
 
 
-def _one_line_exit_2(result: subprocess.CompletedProcess, *fragments: str) -> str:
-    assert result.returncode == 2, (result.stdout, result.stderr)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("lottery: error:"), result.stderr
-    assert "Traceback" not in result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("finished")
-    assert run_main("find", *TINY, "--out", str(out)).returncode == 0
-    (run_dir,) = out.iterdir()
-    return run_dir
+    return finished_run(tmp_path_factory.mktemp("finished"), *TINY)
 
 
 @pytest.fixture
 def run_copy(finished, tmp_path) -> Path:
-    copy = tmp_path / "runs" / finished.name
-    shutil.copytree(finished, copy)
-    return copy
+    return copy_of_run(finished, tmp_path)
 
 
 def _damage(path: Path, how: str) -> None:
@@ -94,7 +81,7 @@ def test_invariant_12_export_refuses_a_damaged_ticket_file(run_copy, finished, w
     _damage(damaged, how)
     out = run_copy.parent / "t.safetensors"
     result = run_main("export", str(run_copy), "--level", "1", "--arm", EXPORT_ARM[which], "--out", str(out))
-    _one_line_exit_2(result, str(damaged))
+    one_line_exit_2(result, str(damaged))
     assert not out.exists()
     _unchanged(run_copy, finished)
 
@@ -117,7 +104,7 @@ def _command(name: str, run: Path) -> list[str]:
 def test_invariant_12_every_reader_names_a_file_with_the_wrong_tensors(run_copy, finished, command, which, how):
     damaged = run_copy / FILES[which]
     _damage(damaged, how)
-    _one_line_exit_2(run_main(*_command(command, run_copy)), str(damaged), "not the tensors this run's model has")
+    one_line_exit_2(run_main(*_command(command, run_copy)), str(damaged), "not the tensors this run's model has")
     _unchanged(run_copy, finished)
 
 
@@ -127,7 +114,7 @@ def test_invariant_12_export_checks_the_mask_against_the_digest_its_network_trai
     level_1 = run_copy / FILES["mask"]
     shutil.copyfile(run_copy / "trial_0" / "level_02" / "mask.safetensors", level_1)
     result = run_main("export", str(run_copy), "--level", "1", "--out", str(run_copy.parent / "t.safetensors"))
-    _one_line_exit_2(result, "contradicts itself", str(level_1))
+    one_line_exit_2(result, "contradicts itself", str(level_1))
     _unchanged(run_copy, finished)
 
 
@@ -141,7 +128,7 @@ def test_invariant_12_a_results_table_cut_at_a_line_boundary_is_named(run_copy, 
     args = {"report": ["report", str(run_copy)],
             "export": ["export", str(run_copy), "--level", "1", "--out", str(run_copy.parent / "t.safetensors")],
             "noise": _command("noise", run_copy)}[command]
-    line = _one_line_exit_2(run_main(*args), str(results), "no row for 3 finished networks")
+    line = one_line_exit_2(run_main(*args), str(results), "no row for 3 finished networks")
     assert "run the same `lottery find` again" in line
     assert results.read_bytes() == cut
 
@@ -162,7 +149,7 @@ def test_invariant_12_a_metrics_file_that_is_not_an_object_is_named(run_copy, fi
     metrics.write_text(text)
     args = _command("find", run_copy) if command == "find" else \
         ["export", str(run_copy), "--level", "1", "--out", str(run_copy.parent / "t.safetensors")]
-    _one_line_exit_2(run_main(*args), str(metrics))
+    one_line_exit_2(run_main(*args), str(metrics))
     _unchanged(run_copy, finished)
 
 
@@ -174,7 +161,7 @@ def test_invariant_12_a_wrong_typed_metrics_field_is_named(run_copy, finished, c
     metrics.write_text(json.dumps({**record, field: value}))
     args = _command("find", run_copy) if command == "find" else \
         ["export", str(run_copy), "--level", "1", "--arm", "random", "--out", str(run_copy.parent / "t.safetensors")]
-    _one_line_exit_2(run_main(*args), str(metrics), field)
+    one_line_exit_2(run_main(*args), str(metrics), field)
     _unchanged(run_copy, finished)
 
 
@@ -184,7 +171,7 @@ def test_invariant_12_an_experiment_replicas_metrics_are_typed(run_copy):
     (metrics,) = (run_copy / "noise" / "trial_0" / "level_01").glob("sigma_*/metrics.json")
     metrics.write_text(json.dumps({**json.loads(metrics.read_text()), "sigma": "one"}))
     before = (run_copy / "noise" / "training.csv").read_bytes()
-    line = _one_line_exit_2(run_main(*noise), str(metrics), "sigma")
+    line = one_line_exit_2(run_main(*noise), str(metrics), "sigma")
     assert f"remove the folder {metrics.parent}" in line
     assert (run_copy / "noise" / "training.csv").read_bytes() == before
 
@@ -276,4 +263,4 @@ LIES = {
 def test_a_ticket_whose_metadata_lies_is_one_line_in_bench_inference(ticket, tmp_path, lie):
     change, fragment = LIES[lie]
     path = _lying(ticket, tmp_path, change)
-    _one_line_exit_2(run_main("bench-inference", str(path)), str(path), fragment)
+    one_line_exit_2(run_main("bench-inference", str(path)), str(path), fragment)

@@ -15,35 +15,22 @@ from torch import nn
 import lottery
 from lottery.storage.files import hold_run
 
-from conftest import REPO, run_cli, run_main
+from conftest import REPO, copy_of_run, finished_run, one_line_exit_2, run_cli, run_main
 
 TINY = ["--iterations", "40", "--levels", "2", "--trials", "2", "--arms", "imp,reinit", "--set", "model.hidden=32,32",
         "--set", "train.eval_every=10", "--set", "train.batch_size=50", "--no-progress"]
 
 
-def _one_line_exit_2(result: subprocess.CompletedProcess, *fragments: str) -> str:
-    assert result.returncode == 2, (result.stdout, result.stderr)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("lottery: error:"), result.stderr
-    assert "Traceback" not in result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("finished")
-    assert run_cli("find", *TINY, "--out", str(out)).returncode == 0
-    (run_dir,) = out.iterdir()
-    return run_dir
+    return finished_run(tmp_path_factory.mktemp("finished"), *TINY, run=run_cli)
 
 
 @pytest.fixture
 def run_copy(finished, tmp_path) -> Path:
-    copy = tmp_path / "runs" / finished.name
-    shutil.copytree(finished, copy)
-    return copy
+    return copy_of_run(finished, tmp_path)
 
 
 def _truncate(path: Path) -> None:
@@ -53,7 +40,7 @@ def _truncate(path: Path) -> None:
 def test_a_truncated_ticket_is_named_with_its_fix_and_the_fix_works(run_copy):
     final = run_copy / "trial_0" / "level_01" / "imp" / "final.safetensors"
     _truncate(final)
-    line = _one_line_exit_2(run_main("find", *TINY, "--levels", "3", "--out", str(run_copy.parent)), str(final))
+    line = one_line_exit_2(run_main("find", *TINY, "--levels", "3", "--out", str(run_copy.parent)), str(final))
     folder = final.parent
     assert f"remove the folder {folder}" in line
     shutil.rmtree(folder)
@@ -68,13 +55,13 @@ def test_a_garbage_mask_stops_every_experiment_with_one_line(run_copy, command):
             "attack": ["attack", str(run_copy), "--examples", "10", "--steps", "1"],
             "compare": ["compare", str(run_copy), str(run_copy), "--labels", "a,b", "--out",
                         str(run_copy.parent / "cmp")]}[command]
-    _one_line_exit_2(run_main(*args, "--no-progress") if command == "noise" else run_cli(*args), str(mask))
+    one_line_exit_2(run_main(*args, "--no-progress") if command == "noise" else run_cli(*args), str(mask))
 
 
 def test_a_bad_metrics_file_is_named_and_removing_its_folder_retrains_it(run_copy, finished):
     metrics = run_copy / "trial_1" / "level_02" / "reinit" / "metrics.json"
     metrics.write_text('{"arm": "reinit", ')
-    line = _one_line_exit_2(run_main("find", *TINY, "--out", str(run_copy.parent)), str(metrics))
+    line = one_line_exit_2(run_main("find", *TINY, "--out", str(run_copy.parent)), str(metrics))
     assert f"remove the folder {metrics.parent}" in line
     shutil.rmtree(metrics.parent)
     assert run_cli("find", *TINY, "--out", str(run_copy.parent)).returncode == 0
@@ -86,7 +73,7 @@ def test_a_truncated_results_table_is_named_and_find_rewrites_it(run_copy, finis
     results = run_copy / "results.csv"
     text = results.read_text()
     results.write_text(text[:text.index("\n") + 60])  # the header and a cut first row
-    line = _one_line_exit_2(run_main(command, str(run_copy)), str(results))
+    line = one_line_exit_2(run_main(command, str(run_copy)), str(results))
     assert "run the same `lottery find` again" in line
     assert run_cli("find", *TINY, "--out", str(run_copy.parent)).returncode == 0
     assert results.read_bytes() == (finished / "results.csv").read_bytes()
@@ -117,7 +104,7 @@ def test_a_write_that_fails_midway_is_one_line_and_keeps_what_was_finished(finis
 
     result = subprocess.run([sys.executable, "-m", "lottery.cli", "find", *TINY, "--out", str(out)], cwd=REPO,
                             capture_output=True, text=True, preexec_fn=small_files, timeout=300)
-    line = _one_line_exit_2(result, "cannot write", "free some space and run the same command again")
+    line = one_line_exit_2(result, "cannot write", "free some space and run the same command again")
     (run_dir,) = out.iterdir()
     assert (run_dir / "trial_1" / "level_00" / "imp" / "metrics.json").exists()  # level 0 is kept
     assert not list(run_dir.rglob("*.tmp")), line
@@ -130,8 +117,8 @@ def test_an_out_folder_that_cannot_be_made_is_a_user_error(tmp_path, finished, w
     target = tmp_path / where if where == "a-file" else Path(where)
     if where == "a-file":
         target.write_text("in the way")
-    _one_line_exit_2(run_main("find", *TINY, "--out", str(target)), "cannot create folder")
-    _one_line_exit_2(run_main("compare", str(finished), str(finished), "--labels", "a,b", "--out", str(target / "c")),
+    one_line_exit_2(run_main("find", *TINY, "--out", str(target)), "cannot create folder")
+    one_line_exit_2(run_main("compare", str(finished), str(finished), "--labels", "a,b", "--out", str(target / "c")),
                      "cannot create folder")
 
 
@@ -140,14 +127,14 @@ def test_an_edited_config_is_refused_by_every_command(run_copy):
     config.write_text(config.read_text().replace("lr = 0.01", "lr = 0.02"))
     for args in (["find", *TINY, "--out", str(run_copy.parent)], ["report", str(run_copy)], ["claims", str(run_copy)],
                  ["attack", str(run_copy), "--examples", "10"]):
-        _one_line_exit_2(run_main(*args), f"{config} was edited after the run was made")
+        one_line_exit_2(run_main(*args), f"{config} was edited after the run was made")
 
 
 def test_a_second_writer_is_refused_and_readers_wait_for_the_writer(run_copy):
     with hold_run(run_copy, command="lottery find"):
         pid = f"PID {os.getpid()} (lottery find)"  # this process holds the run: the refused ones need their own
-        _one_line_exit_2(run_cli("find", *TINY, "--out", str(run_copy.parent)), "is in use by " + pid)
-        _one_line_exit_2(run_cli("claims", str(run_copy)), pid, "still being written")
+        one_line_exit_2(run_cli("find", *TINY, "--out", str(run_copy.parent)), "is in use by " + pid)
+        one_line_exit_2(run_cli("claims", str(run_copy)), pid, "still being written")
         # report reads what the writer has finished, writing only report/ under its own lock (lottery.reports.live)
         before = {p: p.read_bytes() for p in run_copy.rglob("*") if p.is_file() and p.name != ".lock"}
         assert run_cli("report", str(run_copy)).returncode == 0
@@ -163,7 +150,7 @@ def test_a_killed_writer_releases_the_lock(run_copy):
                                "    print('held', flush=True); time.sleep(60)"],
                               stdout=subprocess.PIPE, text=True, cwd=REPO)
     assert holder.stdout.readline().strip() == "held"
-    _one_line_exit_2(run_main("claims", str(run_copy)), f"PID {holder.pid}")
+    one_line_exit_2(run_main("claims", str(run_copy)), f"PID {holder.pid}")
     holder.send_signal(signal.SIGKILL)
     holder.wait()
     assert run_cli("claims", str(run_copy)).returncode == 0

@@ -15,20 +15,12 @@ import lottery
 from lottery.errors import UserError
 from lottery.validation import (MAX_TRIALS, check_field_types, long_run_note, run_dir_inside, validate)
 
-from conftest import run_main, tiny_config
+from conftest import copy_of_run, finished_run, one_line_exit_2, run_main, tiny_config
 
 SMALL = ["--iterations", "20", "--levels", "1", "--trials", "1", "--arms", "imp", "--set", "model.hidden=16",
          "--set", "train.eval_every=10", "--set", "train.batch_size=50", "--no-progress"]
 
 
-def _one_line_exit_2(result: subprocess.CompletedProcess, *fragments: str) -> str:
-    assert result.returncode == 2, (result.stdout, result.stderr)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("lottery: error:"), result.stderr
-    assert "Traceback" not in result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    return lines[0]
 
 
 def _nothing_in(folder: Path) -> bool:
@@ -37,17 +29,12 @@ def _nothing_in(folder: Path) -> bool:
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("finished")
-    assert run_main("find", *SMALL, "--out", str(out)).returncode == 0
-    (run_dir,) = out.iterdir()
-    return run_dir
+    return finished_run(tmp_path_factory.mktemp("finished"), *SMALL)
 
 
 @pytest.fixture
 def run_copy(finished, tmp_path) -> Path:
-    copy = tmp_path / "runs" / finished.name
-    shutil.copytree(finished, copy)
-    return copy
+    return copy_of_run(finished, tmp_path)
 
 
 # --- item 3: a preset's name stays inside --out ------------------------------------------------------------
@@ -55,7 +42,7 @@ def run_copy(finished, tmp_path) -> Path:
 def test_invariant_11_a_preset_name_cannot_lead_out_of_out(tmp_path, name):
     work = tmp_path / "work"
     out = work / "runs"
-    _one_line_exit_2(run_main("find", *SMALL, "--set", f"preset={name}", "--out", str(out)), "cannot name a run directory")
+    one_line_exit_2(run_main("find", *SMALL, "--set", f"preset={name}", "--out", str(out)), "cannot name a run directory")
     assert _nothing_in(work) and not (tmp_path / "outside").exists()
 
 
@@ -91,7 +78,7 @@ def test_invariant_12_a_wrong_typed_metric_is_named_and_results_csv_is_left_alon
     metrics.write_text(json.dumps(values))
     results = run_copy / "results.csv"
     before = results.read_bytes()
-    line = _one_line_exit_2(run_main("find", *SMALL, "--out", str(run_copy.parent)), str(metrics),
+    line = one_line_exit_2(run_main("find", *SMALL, "--out", str(run_copy.parent)), str(metrics),
                             "final_test_accuracy")
     assert f"remove the folder {metrics.parent}" in line
     assert results.read_bytes() == before
@@ -107,7 +94,7 @@ def test_a_null_run_hash_blames_run_json_not_config_toml(run_copy):
     values = json.loads(info.read_text())
     values["run_hash"] = None
     info.write_text(json.dumps(values))
-    line = _one_line_exit_2(run_main("find", *SMALL, "--out", str(run_copy.parent)), str(info), "run_hash")
+    line = one_line_exit_2(run_main("find", *SMALL, "--out", str(run_copy.parent)), str(info), "run_hash")
     assert "config.toml" not in line and "edited" not in line
 
 
@@ -122,9 +109,9 @@ def test_ranges_hold_for_a_user_loop_too(pair, fragment):
 
 
 def test_the_cli_refuses_train_loop_user(tmp_path):
-    _one_line_exit_2(run_main("find", *SMALL, "--set", "train.loop=user", "--out", str(tmp_path / "runs")),
+    one_line_exit_2(run_main("find", *SMALL, "--set", "train.loop=user", "--out", str(tmp_path / "runs")),
                      "lottery.IMP")
-    _one_line_exit_2(run_main("find", *SMALL, "--set", "train.loop=user", "--set", "train.batch_size=0",
+    one_line_exit_2(run_main("find", *SMALL, "--set", "train.loop=user", "--set", "train.batch_size=0",
                               "--out", str(tmp_path / "runs")), "train.batch_size")
     assert _nothing_in(tmp_path)
 
@@ -138,7 +125,7 @@ def test_the_cli_refuses_train_loop_user(tmp_path):
 ])
 def test_absurd_sizes_are_refused_with_figures_before_anything_is_written(tmp_path, args, fragments):
     result = run_main("find", *SMALL, *args, "--out", str(tmp_path / "runs"))
-    _one_line_exit_2(result, *fragments)
+    one_line_exit_2(result, *fragments)
     assert _nothing_in(tmp_path)
 
 
@@ -160,10 +147,10 @@ def test_a_very_long_run_gets_a_note_of_its_cost_not_a_refusal():
 
 def test_experiment_counts_are_capped_before_the_run_is_touched(run_copy):
     before = sorted(p.relative_to(run_copy) for p in run_copy.rglob("*"))
-    _one_line_exit_2(run_main("stability", str(run_copy), "--alphas", "100000000", "--no-progress"),
+    one_line_exit_2(run_main("stability", str(run_copy), "--alphas", "100000000", "--no-progress"),
                      "--alphas must be at most")
-    _one_line_exit_2(run_main("attack", str(run_copy), "--eps", "5", "--no-progress"), "--eps", "[0, 1]")
-    _one_line_exit_2(run_main("attack", str(run_copy), "--eps", "nan", "--no-progress"), "--eps")
+    one_line_exit_2(run_main("attack", str(run_copy), "--eps", "5", "--no-progress"), "--eps", "[0, 1]")
+    one_line_exit_2(run_main("attack", str(run_copy), "--eps", "nan", "--no-progress"), "--eps")
     assert sorted(p.relative_to(run_copy) for p in run_copy.rglob("*")) == before
 
 

@@ -13,7 +13,7 @@ import pytest
 from lottery.storage.files import (LinkInRun, atomic_write_bytes, check_no_links, hold_run, make_folder,
                                    remove_empty_folder, remove_file, remove_temp_files)
 
-from conftest import REPO, run_cli, run_main
+from conftest import REPO, copy_of_run, finished_run, run_cli, run_main
 
 TINY = ["--iterations", "40", "--levels", "2", "--trials", "2", "--arms", "imp,reinit", "--set", "model.hidden=32,32",
         "--set", "train.eval_every=10", "--set", "train.batch_size=50", "--no-progress"]
@@ -48,17 +48,12 @@ def _aged(place: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("finished")
-    assert run_cli("find", *TINY, "--out", str(out)).returncode == 0
-    (run_dir,) = out.iterdir()
-    return run_dir
+    return finished_run(tmp_path_factory.mktemp("finished"), *TINY, run=run_cli)
 
 
 @pytest.fixture
 def run_copy(finished, tmp_path) -> Path:
-    copy = tmp_path / "runs" / finished.name
-    shutil.copytree(finished, copy)
-    return copy
+    return copy_of_run(finished, tmp_path)
 
 
 @pytest.fixture
