@@ -49,11 +49,18 @@ def _parser() -> argparse.ArgumentParser:
                       "magnitude-increase, large-init, random, path, or a registered one")
     find.add_argument("--pattern", metavar="N:M", help="semi-structured masks: at most N of every M consecutive "
                       "inputs kept (2:4 runs on a GPU's sparse tensor cores); the criterion chooses within it")
+    find.add_argument("--granularity", choices=["weight", "channel"],
+                      help="what one pruning decision removes: weight (default, the paper) or channel (a conv's "
+                           "output channel or a linear neuron with every weight that writes or reads it: the "
+                           "ticket is a smaller dense network; see docs/deploy.md)")
+    find.add_argument("--unit-score", choices=["l1", "l2", "bn-gamma"],
+                      help="with --granularity channel, a unit's score: l1 (default: the criterion summed over "
+                           "its filter), l2, or bn-gamma (|γ| of its BatchNorm, network slimming)")
     find.add_argument("--arms", metavar="ARM[,ARM...]",
                       help="imp (the ticket) plus controls: reinit, same-sign, random, init-magnitude, one-shot; "
                            "pruning at initialization: snip, grasp, synflow, each also -global (the method's own "
                            "layer shares), -inverted, -global-inverted and -global-shuffle (Frankle et al. 2021); "
-                           "early-bird; graph models: random-edges (the ticket's weights, a random graph of its size)")
+                           "early-bird; scratch (the ticket's architecture from a fresh draw at its own fan-in: with --granularity channel, the smaller dense network from scratch); graph models: random-edges (the ticket's weights, a random graph of its size)")
     find.add_argument("--one-shot", metavar="PERCENT[,PERCENT...]",
                       help="prune straight to these percents remaining from one trained network")
     find.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -259,6 +266,7 @@ def build_config(args: argparse.Namespace) -> RunConfig:
              "prune.retrain": args.retrain, "prune.finetune_lr": args.finetune_lr,
              "prune.rewind_optimizer": args.rewind_optimizer,
              "prune.criterion": args.criterion, "prune.pattern": args.pattern,
+             "prune.granularity": args.granularity, "prune.unit_score": args.unit_score,
              "prune.one_shot": args.one_shot, "arms": args.arms, "train.test_curves": args.test_curves,
              "train.precision": args.precision}
     for key, value in named.items():

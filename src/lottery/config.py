@@ -92,6 +92,12 @@ class PruneConfig:
     # "N:M" (e.g. "2:4"): masks keep at most N of every M consecutive inputs of a row, the pattern a GPU's
     # sparse tensor cores run; magnitude (the criterion) chooses within it. "": unstructured.
     pattern: str = ""
+    # What one pruning decision removes (lottery.pruning.units): "weight" (the paper), or "channel": a conv's
+    # output channel / a linear layer's neuron, with every weight that writes or reads it, so that the ticket
+    # is a smaller dense network. `unit_score` turns the criterion's per-weight scores into one per unit:
+    # l1 (their sum: with magnitude, the filter's L1 norm), l2, or bn-gamma (|γ| of its BatchNorm).
+    granularity: str = "weight"
+    unit_score: str = "l1"
 
 
 @dataclass
@@ -116,6 +122,7 @@ class RunConfig:
                                                       "train.batching": "auto", "prune.retrain": "rewind",
                                                       "prune.finetune_lr": 0.0, "prune.rewind_optimizer": False,
                                                       "prune.pattern": "", "train.loop": "builtin",
+                                                      "prune.granularity": "weight", "prune.unit_score": "l1",
                                                       "train.train_accuracy_examples": 10_000,
                                                       "train.eval_examples": -1,
                                                       "train.described": ""}

@@ -23,6 +23,7 @@ from lottery.models import GRAPH_MODELS, MODELS
 from lottery.pruning.arms import ARMS
 from lottery.pruning.criteria import CRITERIA
 from lottery.pruning.prune import parse_pattern
+from lottery.pruning.units import GRANULARITIES, UNIT_SCORES
 
 MAX_LR = 10.0  # above this no optimizer here trains; a larger value is a typo (1e308, inf)
 # Results are means over trials (the paper uses 5); every trial lists its networks in memory and trains
@@ -166,6 +167,19 @@ def _procedure_checks(config: RunConfig) -> Checks:
          "prune.rewind_optimizer needs prune.retrain=rewind and a rewind iteration k > 0 (at k = 0 the optimizer "
          "is fresh anyway; lr-rewind and finetune keep the trained weights, not the state at k)"),
         (_pattern_ok(p.pattern), f"prune.pattern must be N:M with 0 < N < M (e.g. 2:4), or empty, got {p.pattern!r}"),
+        (p.granularity in GRANULARITIES, f"prune.granularity must be one of {', '.join(GRANULARITIES)}, got {p.granularity!r}"),
+        (p.unit_score in UNIT_SCORES, f"prune.unit_score must be one of {', '.join(UNIT_SCORES)}, got {p.unit_score!r}"),
+        (p.granularity == "weight" or not p.pattern,
+         "prune.pattern (N:M) chooses weights inside a row; with prune.granularity=channel whole rows go: use one"),
+        (p.granularity == "weight" or not p.one_shot,
+         "one-shot mode (--one-shot) prunes weights; with prune.granularity=channel use iterative levels (the "
+         "one-shot arm is structured)"),
+        (p.granularity == "weight" or not any(a.endswith("-global") or "-global-" in a for a in config.arms),
+         "the -global pruning-at-initialization arms choose weights across layers; with prune.granularity=channel "
+         "use their layer-wise forms (snip, grasp)"),
+        (p.granularity == "weight" or not any(a.startswith("synflow") for a in config.arms),
+         "the synflow arms prune weights by iterated rounds of their own; with prune.granularity=channel use snip, "
+         "grasp or init-magnitude"),
         (t.loop == "user" or not t.described, "train.described is for runs trained by the user's own loop (train.loop=user)"),
     ]
 

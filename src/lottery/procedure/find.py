@@ -31,7 +31,8 @@ from lottery.procedure.levels import NetworkId, Procedure
 from lottery.training.progress import Progress, pass_summary
 from lottery.ranks import Ranks
 from lottery.pruning.arms import ARMS
-from lottery.pruning.prune import KINDS, unmatched_patterns
+from lottery.pruning.prune import KINDS, ignored_names, unmatched_patterns
+from lottery.pruning.units import describe_units, run_units
 from lottery.pruning.saliency import PROBE_BATCHES, InitProbe
 from lottery.storage.runinfo import claim
 from lottery.training.sizing import check_fits, eval_batch_for, parameters_of, replicas_per_pass
@@ -91,13 +92,15 @@ def find_tickets(config: RunConfig, run_dir: Path | str, *, model_fn: ModelFn | 
         raise UserError(f"prune.ignore: {unmatched[0]!r} matches none of the prunable tensors "
                         f"({', '.join(sorted(roles)[:6])}{', ...' if len(roles) > 6 else ''})")
     check_levels_fit(config, {n: p.numel() for n, p in model.named_parameters()}, roles)
+    units, _ = run_units(model, roles, data.features(data.x_train[:2]), config.prune.granularity,
+                         ignored_names(config.prune.ignore, roles))
 
     store = RunStore(run_dir)
     with hold_run(store.root, command="lottery find"):
         inputs = {"input_shape": list(data.input_shape), "num_classes": data.num_classes}
         Ranks.current().leader_first(lambda: claim(store, config, model, inputs, device=options.device))
         procedure = Procedure(config, store, model_fn, roles, options.device,
-                              probe_for=lambda trial: init_probe(model, data, config, trial))
+                              probe_for=lambda trial: init_probe(model, data, config, trial), units=units)
         _BuiltinTrainer(procedure, model, data, options).run()
     return store.root
 
@@ -160,6 +163,8 @@ class _BuiltinTrainer:
                                                    eval_batch_for(model, data.features(data.x_train[:1])),
                                                    self.config.train.batch_size, options.max_replicas)
         self.progress.note(describe_prunable(model, procedure.roles))
+        if procedure.units is not None:
+            self.progress.note(describe_units(procedure.units, []))
         # Dense FLOPs per iteration: what the trainer computes for every network (masks multiply, not skip).
         self.flops_per_iteration = train_flops_per_iteration(model, data.features(data.x_train[:1]),
                                                              self.config.train.batch_size)

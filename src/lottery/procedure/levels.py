@@ -35,6 +35,7 @@ from lottery.storage.results import LATER_COLUMNS, RESULT_COLUMNS, collect_resul
 from lottery.storage.files import RunStore, remove_empty_folder, remove_file, save_csv, save_json, save_tensors, tensor_digest
 from lottery.procedure.tickets import ModelFn, Tickets
 from lottery.pruning.saliency import InitProbe
+from lottery.pruning.units import UnitGroup
 
 Weights = dict[str, torch.Tensor]
 
@@ -72,13 +73,14 @@ class Procedure:
     share (masks, starts, results.csv); the trainer barriers between rounds."""
 
     def __init__(self, config: RunConfig, store: RunStore, model_fn: ModelFn, roles: dict[str, str],
-                 device: str, probe_for: Callable[[int], InitProbe] | None = None) -> None:
-        self.config, self.store, self.roles = config, store, roles
+                 device: str, probe_for: Callable[[int], InitProbe] | None = None,
+                 units: list[UnitGroup] | None = None) -> None:
+        self.config, self.store, self.roles, self.units = config, store, roles, units
         self.ranks = Ranks.current()
         self.trials = list(range(config.trials))
         self.levels = config.levels()
         self.track_path = needs_path(config.prune.criterion)
-        self.tickets = Tickets(config, store, model_fn, roles, device, self.track_path, probe_for)
+        self.tickets = Tickets(config, store, model_fn, roles, device, self.track_path, probe_for, units)
         self.lineage = LineageCheck(store, list(config.arms), bool(config.prune.one_shot), self.tickets.shapes)
         # A graph model's edges are counted apart from its weights, with the MACs of a whole-graph forward.
         self.edge_names = [n for n, kind in roles.items() if kind == "edge"]

@@ -21,6 +21,7 @@ from lottery.training.optim import OptimizerState, unflatten_state
 from lottery.order import derive_seed
 from lottery.pruning.saliency import InitProbe
 from lottery.pruning.prune import ignored_names, parse_pattern, prune_one_shot, prune_round
+from lottery.pruning.units import UnitGroup, prune_units_round
 from lottery.storage.expect import RunShapes, load_mask, load_optimizer, load_prunable, load_weights, optimizer_steps
 from lottery.storage.files import RunStore, save_tensors, tensor_digest
 
@@ -40,8 +41,10 @@ class Tickets:
     """The saved starting points of one run: per trial, per level, per arm."""
 
     def __init__(self, config: RunConfig, store: RunStore, model_fn: ModelFn, roles: dict[str, str],
-                 device: str, track_path: bool, probe_for: Callable[[int], InitProbe] | None = None) -> None:
+                 device: str, track_path: bool, probe_for: Callable[[int], InitProbe] | None = None,
+                 units: list[UnitGroup] | None = None) -> None:
         self.config, self.store, self.model_fn, self.roles = config, store, model_fn, roles
+        self.units = units  # a structured run's groups of channels (prune.granularity=channel), else None
         self.device, self.track_path = device, track_path
         # trial -> the network at θ0 with that trial's sample of training examples; one per trial, so the
         # scores it remembers serve every level and arm
@@ -95,6 +98,9 @@ class Tickets:
         conv = self.config.conv_rate()
         ignore = ignored_names(p.ignore, self.roles)
         pattern = parse_pattern(p.pattern)
+        if self.units is not None:
+            return prune_units_round(self.units, scores, previous, p.rate_hidden, conv, p.scope, p.unit_score,
+                                     trained), lineage
         if p.one_shot:
             return prune_one_shot(scores, previous, self.roles, p.rate_hidden, p.rate_output, p.one_shot[level - 1],
                                   p.scope, ignore, conv, pattern, p.rate_edge), lineage
@@ -124,6 +130,7 @@ class Tickets:
             **({"probe": once(lambda: self.probe_for(trial))} if self.probe_for is not None else {}),
             trajectory=once(lambda: self.trajectory(trial)),
             roles=self.roles,
+            units=self.units,
         )
 
     def trajectory(self, trial: int) -> list[tuple[int, dict[str, torch.Tensor]]]:

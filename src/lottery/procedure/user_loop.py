@@ -42,6 +42,8 @@ from lottery.errors import UserError
 from lottery.pruning.masks import Mask, count
 from lottery.models import parameter_names
 from lottery.models.prunable import Include, describe_prunable, prunable_roles
+from lottery.pruning.prune import ignored_names
+from lottery.pruning.units import run_units
 from lottery.training.optim import OptimizerState
 from lottery.procedure.levels import NetworkId, NetworkStart, Procedure, finite_or_nan
 from lottery.storage.runinfo import claim
@@ -293,7 +295,8 @@ class IMP:
                  arms: Sequence[str] = (TICKET,), rewind_iteration: int = 0, rewind_optimizer: bool = False,
                  retrain: str = "rewind", criterion: str = "magnitude", scope: str = "layerwise",
                  rate: float = 0.2, rate_output: float = 0.1, rate_conv: float | None = None,
-                 one_shot: Sequence[float] = (), pattern: str = "", ignore: Sequence[str] = (),
+                 one_shot: Sequence[float] = (), pattern: str = "", granularity: str = "weight",
+                 unit_score: str = "l1", ignore: Sequence[str] = (),
                  prunable: Include = None, example: torch.Tensor | None = None, seed: int = 0,
                  training: dict[str, Any] | None = None, name: str = "user-loop", device: str | torch.device | None = None,
                  verbose: bool = True) -> None:
@@ -314,7 +317,7 @@ class IMP:
             levels=levels, criterion=criterion, scope=scope, rate_hidden=rate, rate_output=rate_output,
             rate_conv=-1.0 if rate_conv is None else rate_conv, ignore=list(ignore),
             rewind_iteration=rewind_iteration, retrain=retrain, rewind_optimizer=rewind_optimizer,
-            one_shot=list(one_shot), pattern=pattern))
+            one_shot=list(one_shot), pattern=pattern, granularity=granularity, unit_score=unit_score))
         self.config.train.loop, self.config.train.described = "user", described
         self.config.model.name = type(self.model).__name__
         self.config.data.dataset = "user"
@@ -336,7 +339,9 @@ class IMP:
         check_levels_fit(self.config, {n: p.numel() for n, p in self.model.named_parameters()}, self.roles)
         self.rewind_iteration = rewind_iteration
         self.store = RunStore(run_dir)
-        self.procedure = Procedure(self.config, self.store, model_fn, self.roles, "cpu")
+        units, self._units_described = run_units(self.model, self.roles, example, granularity,
+                                                 ignored_names(list(ignore), self.roles))
+        self.procedure = Procedure(self.config, self.store, model_fn, self.roles, "cpu", units=units)
         self.verbose = verbose
         self._shown = False
 
@@ -351,6 +356,8 @@ class IMP:
             claim(self.store, self.config, self.model, device=self.device)
             if self.verbose and not self._shown:
                 print(describe_prunable(self.model, self.roles), file=sys.stderr, flush=True)
+                if self._units_described:
+                    print(self._units_described, file=sys.stderr, flush=True)
                 self._shown = True
             for round_ in self.procedure.rounds():
                 for network_id in round_:

@@ -7,6 +7,8 @@ are the paper's controls, each built from the ticket's own mask so that only one
 - init-magnitude: the mask |θ0| picks at the ticket's per-layer counts (pruning before training)
 - one-shot:       the mask the criterion picks from the dense network's trained weights, straight to
                   the ticket's per-layer counts (one-shot pruning beside iterative, same sparsity)
+- scratch:        the ticket's mask, a fresh draw rescaled to the kept fan-in of each row: for a structured
+                  ticket, the smaller dense network trained from scratch (Liu et al., ICLR 2019)
 - random-edges:   graph tickets: the ticket's weights and mask over them, a random graph with the ticket's
                   number of edges (is the ticket's subgraph better than any subgraph of its size?)
 Each arm is a strategy in a registry (`ARMS`, `register_arm`), like the criteria: what mask it trains under
@@ -27,16 +29,20 @@ from lottery.pruning.masks import Mask
 from lottery.order import derive_seed
 from lottery.pruning.prune import allowed_by_pattern, keep_top
 from lottery.pruning.saliency import GRASP_TEMPERATURE, InitProbe, grasp, snip, synflow
+from lottery.pruning.units import UnitGroup, random_units, scratch_start, units_with_counts
 
 Weights = dict[str, torch.Tensor]
 TICKET = "imp"  # the arm whose trained weights are pruned for the next level
 
 
 def mask_with_counts(scores: Mapping[str, torch.Tensor], reference: Mapping[str, torch.Tensor],
-                     pattern: tuple[int, int] | None = None) -> Mask:
+                     pattern: tuple[int, int] | None = None, units: list[UnitGroup] | None = None) -> Mask:
     """Per tensor, keep the highest scores, as many as `reference` keeps, chosen among all weights, or
     among those an N:M `pattern` allows (the n best of every m). A reference found under the same pattern
-    never keeps more than the pattern allows, so its counts are always met."""
+    never keeps more than the pattern allows, so its counts are always met. With `units` (a structured
+    run), per group of channels: the units of highest summed score, as many units as `reference` keeps."""
+    if units is not None:
+        return units_with_counts(units, scores, reference)
     out: Mask = {}
     for name, ref in reference.items():
         candidates = torch.ones_like(ref, dtype=torch.bool)
@@ -56,9 +62,13 @@ def random_mask(reference: Mapping[str, torch.Tensor], seed: int, pattern: tuple
 
 
 def random_control_mask(reference: Mapping[str, torch.Tensor], run_seed: int, trial: int, level: int,
-                        pattern: tuple[int, int] | None) -> Mask:
-    """The `random` arm's mask at (trial, level): every reader that needs it (stability) draws this one."""
-    return random_mask(reference, derive_seed(run_seed, "random-mask", trial, level), pattern)
+                        pattern: tuple[int, int] | None, units: list[UnitGroup] | None = None) -> Mask:
+    """The `random` arm's mask at (trial, level): every reader that needs it (stability) draws this one.
+    Structured (`units`): random units with the ticket's per-group unit counts."""
+    seed = derive_seed(run_seed, "random-mask", trial, level)
+    if units is not None:
+        return random_units(units, reference, seed)
+    return random_mask(reference, seed, pattern)
 
 
 def same_sign(fresh: Mapping[str, torch.Tensor], reference: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -84,6 +94,7 @@ class ArmInputs:
     # (kept when the run has the early-bird arm).
     trajectory: Callable[[], list[tuple[int, Weights]]] = lambda: []
     roles: Mapping[str, str] = field(default_factory=dict)  # prunable tensor -> kind ("edge": a graph's edges)
+    units: list[UnitGroup] | None = None  # a structured run's groups of channels (lottery.pruning.units)
 
 
 def _no_probe() -> InitProbe:
@@ -137,7 +148,7 @@ register_arm(Arm("reinit", "the ticket's mask, weights drawn again from the init
 register_arm(Arm("same-sign", "reinit, every weight with the sign of the ticket's start weight (Zhou et al. 2019)",
                  start=lambda a: same_sign(a.fresh(), a.start()), found_by="ticket"))
 register_arm(Arm("random", "a random mask with the ticket's per-layer counts, trained from θk",
-                 mask=lambda a: random_control_mask(a.reference, a.run_seed, a.trial, a.level, a.pattern)))
+                 mask=lambda a: random_control_mask(a.reference, a.run_seed, a.trial, a.level, a.pattern, a.units)))
 def random_edges(a: ArmInputs) -> Mask:
     """The ticket's mask over the weights; over the graph's edges, a random one with the ticket's count."""
     edges = {n: a.reference[n] for n, kind in a.roles.items() if kind == "edge"}
@@ -149,9 +160,13 @@ def random_edges(a: ArmInputs) -> Mask:
 register_arm(Arm("random-edges", "the ticket's weights, a random graph of the ticket's edge count (graph tickets)",
                  mask=random_edges))
 register_arm(Arm("init-magnitude", "the mask |θ0| picks at the ticket's per-layer counts (pruning before training)",
-                 mask=lambda a: mask_with_counts({n: a.init()[n].abs() for n in a.reference}, a.reference, a.pattern)))
+                 mask=lambda a: mask_with_counts({n: a.init()[n].abs() for n in a.reference}, a.reference, a.pattern,
+                                                 a.units)))
 register_arm(Arm("one-shot", "the mask the criterion picks from the dense network's training, at the ticket's counts",
-                 mask=lambda a: mask_with_counts(a.dense_scores(), a.reference, a.pattern), found_by="dense"))
+                 mask=lambda a: mask_with_counts(a.dense_scores(), a.reference, a.pattern, a.units), found_by="dense"))
+register_arm(Arm("scratch", "the ticket's architecture from a fresh draw at its own fan-in: structured, the smaller dense "
+                 "network trained from scratch (Liu et al., ICLR 2019)",
+                 start=lambda a: scratch_start(a.fresh(), a.reference), found_by="ticket"))
 
 
 # --- pruning at initialization (issue 29) -------------------------------------------------------------------
@@ -191,7 +206,7 @@ def _init_mask(method: str, scope: str, inverted: bool) -> MaskRule:
             return mask
         scores = _init_scores(method, a, inverted)
         if scope == "layerwise":
-            return mask_with_counts(scores, a.reference, a.pattern)
+            return mask_with_counts(scores, a.reference, a.pattern, a.units)
         dense = {n: torch.ones_like(a.reference[n], dtype=torch.bool) for n in names}
         return keep_top(scores, dense, names, sum(int(a.reference[n].sum()) for n in names))
     return rule
@@ -240,14 +255,15 @@ def mask_distance(a: Mask, b: Mask) -> float:
 
 
 def early_bird(trajectory: list[tuple[int, Weights]], reference: Mask, pattern: tuple[int, int] | None = None,
-               window: int = EARLY_BIRD_WINDOW, epsilon: float = EARLY_BIRD_EPSILON) -> tuple[Mask, dict]:
+               window: int = EARLY_BIRD_WINDOW, epsilon: float = EARLY_BIRD_EPSILON,
+               units: list[UnitGroup] | None = None) -> tuple[Mask, dict]:
     """The mask |θt| gives at `reference`'s per-tensor counts, at the first evaluation t whose mask is within
     `epsilon` of each of the `window` masks before it. Not found: the last evaluation's (the one-shot mask).
     Returns (mask, {"iteration", "found", "distances": [[iteration, max distance to the window], ...]})."""
     masks: list[tuple[int, Mask]] = []
     trace = []
     for iteration, weights in trajectory:
-        mask = mask_with_counts({n: weights[n].abs() for n in reference}, reference, pattern)
+        mask = mask_with_counts({n: weights[n].abs() for n in reference}, reference, pattern, units)
         if len(masks) >= window:
             distance = max(mask_distance(mask, old) for _, old in masks[-window:])
             trace.append([iteration, round(distance, 6)])
@@ -261,5 +277,5 @@ def early_bird(trajectory: list[tuple[int, Weights]], reference: Mask, pattern: 
 
 
 register_arm(Arm("early-bird", "the mask |θt| of the dense training gives once it stops changing (You et al. 2020), "
-                 "at the ticket's per-tensor counts", mask=lambda a: early_bird(a.trajectory(), a.reference, a.pattern),
+                 "at the ticket's per-tensor counts", mask=lambda a: early_bird(a.trajectory(), a.reference, a.pattern, units=a.units),
                  found_by="early-bird"))
