@@ -5,6 +5,7 @@ import dataclasses
 import logging
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -28,6 +29,40 @@ def masked_and_compact(ticket: Ticket, model: nn.Module, example: torch.Tensor,
     masked = chain_of(model).eval()
     small = compact(model, ticket.mask, example)
     return masked, small, size_of(model, example, ticket.mask), size_of(small, example)
+
+
+@dataclass
+class ExportForm:
+    """The smallest dense form of a ticket's network found for export, and how it was found."""
+
+    model: nn.Module
+    before: Size  # the masked network
+    after: Size  # `model`
+    method: str  # "chain" (lottery.deploy.compact), "depgraph" (lottery.deploy.structured) or "none" (uncut)
+    note: str  # one line for the user
+
+
+def compact_for_export(ticket: Ticket, model: nn.Module, example: torch.Tensor,
+                       weights: Weights = "trained") -> ExportForm:
+    """The ticket's network with its disconnected units removed, for any architecture (`model`: a fresh module
+    of the ticket's architecture; it receives the ticket's state). A chain of layers keeps the chain compaction
+    when it removes at least as many parameters (it also folds the constant units of an unstructured ticket
+    into biases); otherwise the dependency-graph cut (residual adds, depthwise convs); a model neither can cut
+    is exported as the masked model itself."""
+    from lottery.deploy.structured import compact_model, parameter_count, size_of_any
+
+    load_ticket(ticket, model, weights)
+    model.eval()
+    try:
+        chain = compact(model, ticket.mask, example)
+    except UserError:  # not a chain of layers: the dependency graph alone
+        chain = None
+    cut = compact_model(model, ticket.mask, example[:32])  # a few inputs trace it; to_onnx checks on all
+    if chain is not None and parameter_count(chain) <= cut.parameters_after:
+        return ExportForm(chain, size_of(model, example, ticket.mask), size_of(chain, example), "chain",
+                          "units the mask disconnects removed from the chain of layers (constant ones folded)")
+    return ExportForm(cut.model, size_of_any(model, example, ticket.mask), size_of_any(cut.model, example),
+                      cut.method, cut.note)
 
 
 def max_difference(a: Callable[[torch.Tensor], torch.Tensor], b: Callable[[torch.Tensor], torch.Tensor],
