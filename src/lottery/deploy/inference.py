@@ -1,17 +1,21 @@
 """Does sparsity pay at inference? A ticket's network timed in each form it can take, outputs checked.
 
-Forms: `dense` (the masked network as it is: zeros multiplied like any weight), `compact` (lottery.deploy.compact:
-disconnected units removed, still dense), `csr` and `bsr` (each Linear / Conv2d weight as a torch.sparse
-CSR or BSR matrix; convolutions as unfold + sparse matmul). Latency at batch 1 and throughput at batch
-256, whole network and per layer, with torch.utils.benchmark (warm-up, fixed threads, median); the bytes
-each form keeps for its weights; and, per layer shape, the density below which CSR / BSR beat dense.
+Forms (`Form`: a runtime, the form of the weights, a precision): `dense` (the masked network as it is: zeros
+multiplied like any weight), `compact` (the units the mask removes cut out: a smaller dense network), `csr`
+and `bsr` (each Linear / Conv2d weight as a torch.sparse CSR or BSR matrix; convolutions as unfold + sparse
+matmul), and whatever other runtime the caller adds (lottery.deploy.runtime: ONNX Runtime, float32 and
+int8). Latency at batch 1 and throughput at batch 256, whole network and per layer, with
+torch.utils.benchmark (warm-up, fixed threads, median) at each thread count asked; each form's accuracy and
+its outputs against dense, so that a faster form that loses accuracy shows it; the bytes each form keeps for
+its weights; and, per layer shape, the density below which CSR / BSR beat dense.
 """
 from __future__ import annotations
 
 import copy
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -84,8 +88,7 @@ class SparseConv2d(nn.Module):
 
 def sparse_form(chain: nn.Sequential, layout: str) -> nn.Sequential:
     """The chain with every Linear / Conv2d weight held as a sparse matrix (`layout`: csr or bsr)."""
-    return nn.Sequential(*[SparseLinear(m, layout) if isinstance(m, nn.Linear) else
-                           SparseConv2d(m, layout) if isinstance(m, nn.Conv2d) else m for m in chain]).eval()
+    return nn.Sequential(*[sparse_layer(m, layout) if isinstance(m, WEIGHTED) else m for m in chain]).eval()
 
 
 def weight_bytes(module: nn.Module) -> int:
@@ -111,15 +114,47 @@ def seconds(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, threads
         return timer.blocked_autorange(min_run_time=min_run_time).median
 
 
-def layer_inputs(chain: nn.Sequential, x: torch.Tensor) -> dict[int, torch.Tensor]:
-    """The input each Linear / Conv2d layer of the chain receives for `x`."""
-    inputs = {}
-    with torch.no_grad():
-        for i, module in enumerate(chain):
-            if isinstance(module, WEIGHTED):
-                inputs[i] = x
-            x = module(x)
+def weighted_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The model's Linear / Conv2d modules by name (the mask's keys without `.weight`), in module order."""
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, WEIGHTED)]
+
+
+def layer_inputs(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The input each Linear / Conv2d module of the model receives for `x` (its first call), by module name:
+    caught by hooks, so that any architecture gives its layers, not only a chain."""
+    inputs: dict[str, torch.Tensor] = {}
+    hooks = []
+    for name, module in weighted_layers(model):
+        def keep(_: nn.Module, args: tuple, name: str = name) -> None:
+            inputs.setdefault(name, args[0])
+        hooks.append(module.register_forward_pre_hook(keep))
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for hook in hooks:
+            hook.remove()
     return inputs
+
+
+def sparse_layer(layer: nn.Module, layout: str) -> nn.Module:
+    """A Linear / Conv2d layer with its weight as a sparse matrix (ValueError: a convolution it cannot take)."""
+    return SparseLinear(layer, layout) if isinstance(layer, nn.Linear) else SparseConv2d(layer, layout)
+
+
+def sparse_copy(model: nn.Module, layout: str) -> nn.Module:
+    """The model with every Linear / Conv2d weight held as a sparse matrix: sparse_form for a chain; for any
+    other architecture, a deep copy whose Linear / Conv2d modules are swapped for their sparse versions (the
+    model's own forward then runs them). ValueError: a layer the sparse form cannot take (grouped conv, ...)."""
+    if isinstance(model, nn.Sequential):
+        return sparse_form(model, layout)
+    if isinstance(model, WEIGHTED):
+        return sparse_layer(model, layout)
+    swapped = copy.deepcopy(model).eval()
+    for name, layer in weighted_layers(swapped):
+        parent, _, child = name.rpartition(".")
+        setattr(swapped.get_submodule(parent), child, sparse_layer(layer, layout))
+    return swapped
 
 
 def compare_forms(masked: nn.Sequential, compact: nn.Sequential, x1: torch.Tensor, x256: torch.Tensor,
@@ -138,24 +173,114 @@ def compare_forms(masked: nn.Sequential, compact: nn.Sequential, x1: torch.Tenso
     return rows
 
 
-def compare_layers(masked: nn.Sequential, x1: torch.Tensor, x256: torch.Tensor, threads: int = 1,
+@dataclass
+class Form:
+    """One way to run the network: a runtime (pytorch, onnxruntime), the form of its weights (dense, compact,
+    csr, bsr), a precision (fp32, int8), and `runner(threads)`: a function from a batch to its outputs on that
+    many threads (an ONNX Runtime session fixes its threads when it is made; PyTorch's follow the process)."""
+
+    runtime: str
+    form: str
+    precision: str
+    runner: Callable[[int], Callable[[torch.Tensor], torch.Tensor]]
+    weight_bytes: int
+
+    @property
+    def label(self) -> str:
+        """How tables name it: the PyTorch forms by their old names (dense, compact, csr, bsr)."""
+        if self.runtime == "pytorch":
+            return self.form if self.precision == "fp32" else f"{self.form} {self.precision}"
+        return f"ort {self.form}" + ("" if self.precision == "fp32" else f" {self.precision}")
+
+
+def pytorch_form(form: str, module: nn.Module) -> Form:
+    return Form("pytorch", form, "fp32", lambda threads: module, weight_bytes(module))
+
+
+def accuracy(run: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor, batch: int = 256) -> float:
+    """Top-1 accuracy of `run` on (x, y), a batch at a time."""
+    correct = 0
+    with torch.no_grad():
+        for start in range(0, len(x), batch):
+            correct += int((run(x[start:start + batch]).argmax(-1) == y[start:start + batch]).sum())
+    return correct / max(len(x), 1)
+
+
+def measure_forms(forms: list[Form], x1: torch.Tensor, x256: torch.Tensor, thread_counts: Sequence[int],
+                  test: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[list[dict], list[dict]]:
+    """Every form at every thread count: latency at batch 1 (ms), throughput at the full batch `x256`
+    (examples/s), and, once per form (at the most threads), its outputs against the first form's (the dense
+    reference) on the full batch (largest difference, share of equal top-1 predictions) and its accuracy on
+    `test` (None: no test set at hand).
+    Returns (rows, skipped): a form that fails to run is skipped with its reason, never the whole measurement."""
+    rows: list[dict] = []
+    skipped: list[dict] = []
+    checked: dict[str, dict] = {}
+    reference = None
+    most = max(thread_counts)
+    previous = torch.get_num_threads()
+    try:  # the caller's thread count comes back: it decides the last bits of whatever trains next in the process
+        for threads in thread_counts:
+            torch.set_num_threads(threads)
+            for form in forms:
+                if any(s["form"] == form.label for s in skipped):
+                    continue
+                try:
+                    run = form.runner(threads)
+                    with torch.no_grad():
+                        outputs = run(x256).float()
+                except Exception as exc:  # noqa: BLE001 - one form that cannot run says why; the others go on
+                    if reference is None:
+                        raise  # the reference itself: nothing to compare with
+                    skipped.append({"form": form.label, "reason": first_line(exc)})
+                    continue
+                if reference is None:
+                    reference = outputs
+                if threads == most:  # accuracy once per form, where it is quickest
+                    checked[form.label] = {
+                        "max_difference": float((outputs - reference).abs().max()),
+                        "agreement": float((outputs.argmax(-1) == reference.argmax(-1)).float().mean()),
+                        "accuracy": None if test is None else accuracy(run, *test)}
+                rows.append({"label": form.label, "runtime": form.runtime, "form": form.form,
+                             "precision": form.precision, "threads": threads,
+                             "latency_ms": 1e3 * seconds(run, x1, threads),
+                             "throughput": len(x256) / seconds(run, x256, threads),
+                             "weight_bytes": form.weight_bytes})
+    finally:
+        torch.set_num_threads(previous)
+    rows = [{**row, **checked[row["label"]]} for row in rows if row["label"] in checked]  # not one that failed later
+    return rows, skipped
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception as one short line: its type and the first line of its message."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:160]}" if text else type(exc).__name__
+
+
+def compare_layers(model: nn.Module, x1: torch.Tensor, x256: torch.Tensor, threads: int = 1,
                    with_break_even: bool = False) -> list[dict]:
-    """Per Linear / Conv2d layer: dense vs CSR vs BSR at batch 1 and 256 (ms per call), with its density;
-    `with_break_even`: also `break_even_b1` and `break_even_b256` (see break_even)."""
+    """Per Linear / Conv2d layer of any model (by module name): dense vs CSR vs BSR at batch 1 and 256 (ms per
+    call; None: a layout this layer cannot take), with its density; `with_break_even`: also `break_even_b1`
+    and `break_even_b256` (see break_even)."""
     rows = []
-    inputs1, inputs256 = layer_inputs(masked, x1), layer_inputs(masked, x256)
-    for i, layer in enumerate(masked):
-        if not isinstance(layer, WEIGHTED):
-            continue
-        row = {"layer": i, "kind": type(layer).__name__, "shape": list(layer.weight.shape),
+    inputs1, inputs256 = layer_inputs(model, x1), layer_inputs(model, x256)
+    for name, layer in weighted_layers(model):
+        if name not in inputs1:
+            continue  # never called by the forward
+        row = {"layer": name, "kind": type(layer).__name__, "shape": list(layer.weight.shape),
                "density": float(layer.weight.ne(0).float().mean())}
         for layout in ("dense", *SPARSE_LAYOUTS):
-            form = layer if layout == "dense" else sparse_form(nn.Sequential(layer), layout)
-            row[f"{layout}_ms_b1"] = 1e3 * seconds(form, inputs1[i], threads, 0.1)
-            row[f"{layout}_ms_b256"] = 1e3 * seconds(form, inputs256[i], threads, 0.1)
+            try:
+                form = layer if layout == "dense" else sparse_layer(layer, layout)
+            except ValueError:
+                row[f"{layout}_ms_b1"] = row[f"{layout}_ms_b256"] = None
+                continue
+            row[f"{layout}_ms_b1"] = 1e3 * seconds(form, inputs1[name], threads, 0.1)
+            row[f"{layout}_ms_b256"] = 1e3 * seconds(form, inputs256[name], threads, 0.1)
         if with_break_even:
-            row["break_even_b1"] = break_even(layer, inputs1[i], threads)
-            row["break_even_b256"] = break_even(layer, inputs256[i], threads)
+            row["break_even_b1"] = break_even(layer, inputs1[name], threads)
+            row["break_even_b256"] = break_even(layer, inputs256[name], threads)
         rows.append(row)
     return rows
 
@@ -175,7 +300,12 @@ def break_even(layer: nn.Module, x: torch.Tensor, threads: int = 1, densities: t
             keep = torch.rand(layer.weight.shape, generator=generator) < density
             probe.weight.copy_(torch.randn(layer.weight.shape, generator=generator) * keep)
         for layout in sorted(still):
-            if seconds(sparse_form(nn.Sequential(probe), layout), x, threads, 0.1) < dense_time:
+            try:
+                sparse = sparse_layer(probe, layout)
+            except ValueError:  # a convolution the sparse form cannot take: it never breaks even
+                still.discard(layout)
+                continue
+            if seconds(sparse, x, threads, 0.1) < dense_time:
                 found[layout] = density
             else:
                 still.discard(layout)
