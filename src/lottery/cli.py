@@ -154,19 +154,30 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--arm", default="imp", help="arm (default imp, the ticket)")
     export.add_argument("--format", choices=["safetensors", "onnx"], default="safetensors",
                         help="safetensors: mask, start and trained states with metadata (default); onnx: the compact "
-                             "model, checked with onnxruntime")
+                             "model (the channels the mask disconnects cut out, any architecture the dependency "
+                             "graph traces), checked with onnxruntime")
     export.add_argument("--weights", choices=["trained", "start"], default="trained",
                         help="which weights the ONNX model carries (default trained; a ticket file holds both)")
     export.add_argument("--out", type=Path, required=True, help="the file to write")
     export.add_argument("--data-dir", type=Path, help="datasets folder (ONNX: for example inputs)")
     _json_flag(export, '{"out", "format", "ticket": {...}, "compact": {...} (onnx) or null}')
 
-    bench = commands.add_parser("bench-inference", help="time a ticket file's network dense, compact, CSR and BSR")
+    bench = commands.add_parser("bench-inference", help="which form of a ticket runs fastest here, at what accuracy: "
+                                "PyTorch dense, compact, CSR and BSR; ONNX Runtime float32 and int8")
     bench.add_argument("ticket", type=Path)
-    bench.add_argument("--threads", type=int, default=1, help="threads (default 1)")
-    bench.add_argument("--data-dir", type=Path, help="datasets folder (the inputs come from the ticket's test set)")
+    bench.add_argument("--threads", default="1,all",
+                       help="thread counts to time at, comma-separated; all: the process's own "
+                            "(torch.get_num_threads(): OMP_NUM_THREADS, else the cores) (default 1,all)")
+    bench.add_argument("--tolerance", type=float, default=0.5,
+                       help="points of test accuracy below dense that the verdict still counts as matching "
+                            "(default 0.5)")
+    bench.add_argument("--data-dir", type=Path, help="datasets folder (the inputs and accuracy come from the "
+                                                     "ticket's test set; without it, no accuracy: outputs are "
+                                                     "compared with dense)")
     bench.add_argument("--out", type=Path, help="also write the tables to this markdown file")
-    _json_flag(bench, "the tables as data: forms, layers and break_even rows (form, batch, threads, milliseconds, ...)")
+    _json_flag(bench, "the tables as data: forms rows (runtime, form, precision, batch, threads, milliseconds, "
+                      "examples_per_second, accuracy, accuracy_delta, max_difference, ...), layers and break_even "
+                      "rows, verdict {settings, layers}, skipped")
 
     commands.add_parser("presets", help="list presets")
     return parser
@@ -517,27 +528,39 @@ def _export(args: argparse.Namespace) -> dict:
         save_ticket(ticket, args.out)
         say(f"export: {args.out}")
         return result
-    from lottery.deploy.bench import example_inputs, masked_and_compact, model_for, to_onnx
+    from lottery.deploy.bench import compact_for_export, example_inputs, model_for, to_onnx
 
     model_fn, data = model_for(ticket, args.data_dir)
     x = example_inputs(ticket, data)
-    masked, small, before, after = masked_and_compact(ticket, model_fn(), x, args.weights)
+    form = compact_for_export(ticket, model_fn(), x, args.weights)
+    before, after = form.before, form.after
     say(f"compact: {before.parameters:,} -> {after.parameters:,} parameters ({before.nonzero_parameters:,} nonzero "
         f"before), {before.flops:,} -> {after.flops:,} FLOPs per example ({before.nonzero_flops:,} on kept weights)")
-    difference = to_onnx(small, x, args.out)
+    say(f"compact ({form.method}): {form.note}")
+    difference = to_onnx(form.model, x, args.out)
     inputs = "test" if data is not None else "random"
     say(f"export: {args.out} (onnxruntime vs PyTorch on 256 {inputs} inputs: max |difference| {difference:.2e})")
-    result["compact"] = {"weights": args.weights, "before": dataclasses.asdict(before), "after": dataclasses.asdict(after),
+    result["compact"] = {"weights": args.weights, "method": form.method, "note": form.note,
+                         "before": dataclasses.asdict(before), "after": dataclasses.asdict(after),
                          "onnxruntime_max_difference": difference, "checked_on": f"256 {inputs} inputs"}
     return result
 
 
 def _bench_inference(args: argparse.Namespace) -> dict | None:
+    import torch
+
     from lottery.deploy.bench import bench_markdown, bench_ticket
 
-    if args.threads < 1:
-        raise UserError(f"--threads must be at least 1, got {args.threads}")
-    result = bench_ticket(args.ticket, threads=args.threads, data_dir=args.data_dir)
+    threads = []
+    for part in (p.strip() for p in args.threads.split(",")):
+        if part == "all":
+            threads.append(torch.get_num_threads())
+        elif part.isdigit() and int(part) >= 1:
+            threads.append(int(part))
+        else:
+            raise UserError(f"--threads takes thread counts of at least 1 or 'all', comma-separated; "
+                            f"got {args.threads!r}")
+    result = bench_ticket(args.ticket, threads=threads, data_dir=args.data_dir, tolerance=args.tolerance)
     text = bench_markdown(result)
     if args.out:
         from lottery.storage.files import atomic_write_text
