@@ -15,6 +15,7 @@ library versions at its top.
 from __future__ import annotations
 
 import argparse
+import json
 import importlib.metadata
 import os
 import platform
@@ -89,6 +90,8 @@ def main() -> None:
     parser.add_argument("--tolerance", type=float, default=0.5)
     parser.add_argument("--data-dir", type=Path)
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--json", type=Path, help="also write the measurements as JSON (benchmarks/deploy_figure.py)")
+    parser.add_argument("--arm", default="imp", help="the arm whose networks are exported (default: the ticket)")
     args = parser.parse_args()
     levels = [int(v) for v in args.levels.split(",")]
     counts = list(dict.fromkeys(torch.get_num_threads() if t.strip() == "all" else int(t)
@@ -98,20 +101,26 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for level in levels:
             path = export_ticket(args.run_dir, Path(tmp) / f"{args.run_dir.name}-level{level:02d}.safetensors",
-                                 level=level, trial=args.trial, command="benchmarks/inference_forms.py")
+                                 level=level, trial=args.trial, arm=args.arm,
+                                 command="benchmarks/inference_forms.py")
             measured.append((level, bench_data(measure_ticket(path, counts, data_dir), args.tolerance)))
             print(f"level {level}: measured", file=sys.stderr, flush=True)
     lines = [f"## {args.run_dir.name}: every form at each level", "",
              f"CPU: {cpu_model()} ({os.cpu_count()} logical CPUs); thread counts {', '.join(map(str, counts))}; "
              f"torch {torch.__version__}, onnxruntime {version('onnxruntime')}, "
              f"torch-pruning {version('torch-pruning')}, onnx {version('onnx')}; Python {platform.python_version()}. "
-             f"Trial {args.trial}, the imp arm; accuracy on the test set; tolerance {args.tolerance:g} points.", ""]
+             f"Trial {args.trial}, the {args.arm} arm; accuracy on the test set; tolerance {args.tolerance:g} points.", ""]
     for threads in counts:
         lines += level_table(measured, threads)
     text = "\n".join(lines + [bench_markdown(d) + "\n" for _, d in measured])
     print(text)
     if args.out:
         args.out.write_text(text)
+    if args.json:
+        header = {"run": args.run_dir.name, "arm": args.arm, "trial": args.trial, "cpu": cpu_model(),
+                  "threads": counts, "torch": torch.__version__, "onnxruntime": version("onnxruntime")}
+        args.json.write_text(json.dumps({**header, "levels": [{"level": level, **d} for level, d in measured]},
+                                        indent=1, default=str))
 
 
 if __name__ == "__main__":
