@@ -39,6 +39,7 @@ from lottery.order import derive_seed
 from lottery.ranks import Ranks
 from lottery.training.passes import NamedReplica, TrainingPass, train_replicas
 from lottery.pruning.prune import parse_pattern
+from lottery.pruning.units import UnitGroup
 from lottery.training.sizing import eval_batch_for, replicas_per_pass
 from lottery.experiments.stability_report import write_report
 from lottery.errors import BrokenFile
@@ -211,22 +212,25 @@ class Trunk:
         run.finish()
 
 
-def point_mask(run: FinishedRun, point: Point, device: str) -> Mask:
+def point_mask(run: FinishedRun, point: Point, device: str, units: list[UnitGroup] | None = None) -> Mask:
     """The ticket's mask; for `random`, the run's own random arm's mask where it has one, else the same
-    draw that arm would make (random positions, the ticket's count per layer, the run's N:M pattern)."""
+    draw that arm would make (random positions, the ticket's count per layer, the run's N:M pattern; in a
+    structured run, random units at the ticket's count per group: `units`, from FinishedRun.unit_groups)."""
     if point.arm == "imp":
         return run.mask(point.trial, point.level, "imp", device)
     if run.store.arm_mask_path(point.trial, point.level, "random").exists():
         return run.mask(point.trial, point.level, "random", device)
     reference = run.mask(point.trial, point.level, "imp", device)
     return random_control_mask(reference, run.config.seed, point.trial, point.level,
-                               parse_pattern(run.config.prune.pattern))
+                               parse_pattern(run.config.prune.pattern), units)
 
 
 def _train_copies(run: FinishedRun, model: torch.nn.Module, data: Dataset, points: list[Point], trunk: Trunk,
                   variant: Path, keep_optimizer: bool, same_noise: bool, options: RunOptions) -> None:
     """Both copies of every point; one pass (or as many as memory needs) per rewind point k."""
     config = run.config
+    # A structured run's random control is drawn per group of channels: the groups, traced once.
+    units = run.unit_groups(model, data.features(data.x_train[:2])) if any(p.arm == "random" for p in points) else None
     per_pass = replicas_per_pass(model, options.device, eval_batch_for(model, data.features(data.x_train[:1])),
                                  config.train.batch_size, options.max_replicas)
     for k in sorted({p.k for p in points}):
@@ -236,7 +240,7 @@ def _train_copies(run: FinishedRun, model: torch.nn.Module, data: Dataset, point
                 noise = 0 if same_noise else copy
 
                 def build(p: Point = p) -> tuple[dict[str, torch.Tensor], Mask]:
-                    return trunk.state(p.trial, p.k), point_mask(run, p, options.device)
+                    return trunk.state(p.trial, p.k), point_mask(run, p, options.device, units)
 
                 def optimizer(p: Point = p) -> tuple[OptimizerState, int]:
                     return trunk.optimizer(p.trial, p.k)

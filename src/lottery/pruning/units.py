@@ -24,6 +24,7 @@ is then checked on the model itself: its removed channels are perturbed and the 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -81,10 +82,12 @@ def unit_groups(model: nn.Module, roles: Mapping[str, str], example: torch.Tenso
     inputs for tracing. Groups come in name order."""
     tp = _tp()
     ignore = set(ignore)
-    model = _traceable_copy(model)
+    model, example = _traceable_copy(model), example.cpu()  # traced on the CPU: the check draws CPU tensors
     names = {id(m): n for n, m in model.named_modules()}
     try:
-        graph = tp.DependencyGraph().build_dependency(model, example_inputs=example)
+        with warnings.catch_warnings():  # its notes on parameters it leaves alone: we say what stays dense
+            warnings.simplefilter("ignore")
+            graph = tp.DependencyGraph().build_dependency(model, example_inputs=example)
         roots = list(graph.get_all_groups(root_module_types=[nn.modules.conv._ConvNd, nn.Linear]))
     except Exception as exc:  # the library's tracer on a model it cannot follow: a clear line, not its traceback
         raise ValueError(f"the dependency graph (torch-pruning) could not trace {type(model).__name__}: "
@@ -116,7 +119,7 @@ def unit_groups(model: nn.Module, roles: Mapping[str, str], example: torch.Tenso
 
 def _traceable_copy(model: nn.Module) -> nn.Module:
     import copy
-    copy_ = copy.deepcopy(model).eval()
+    copy_ = copy.deepcopy(model).cpu().eval()
     return copy_
 
 

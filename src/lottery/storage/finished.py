@@ -20,6 +20,9 @@ from lottery.data import Dataset, load_data
 from lottery.errors import BrokenFile, UserError
 from lottery.pruning.masks import Mask
 from lottery.models import GRAPH_MODELS, MODELS, build_model
+from lottery.models.prunable import prunable_roles
+from lottery.pruning.prune import ignored_names
+from lottery.pruning.units import UnitGroup, run_units
 from lottery.storage.expect import (RunShapes, check_prunable, check_trained_under, load_mask, load_weights,
                                     recorded_shapes)
 from lottery.storage.results import read_results
@@ -133,6 +136,22 @@ class FinishedRun:
                         self.final(trial, level, arm)
                         if masks:
                             self.mask(trial, level, arm)
+
+    def unit_groups(self, model: nn.Module, example: torch.Tensor) -> list[UnitGroup] | None:
+        """A structured run's groups of channels, traced as `lottery find` traced them (the run's prunable tensors
+        and prune.ignore on `model`), so that a reader redrawing a structured control (stability's random mask)
+        draws the arm's own units; None for a run pruned by weight."""
+        if self.config.prune.granularity == "weight":
+            return None
+        names = list(self.expected().prunable or ())
+        try:
+            roles = prunable_roles(model, names, example)
+        except ValueError as exc:
+            raise UserError(f"{self.store.root}: {exc}") from None
+        roles = {n: kind for n, kind in roles.items() if n in names}
+        units, _ = run_units(model, roles, example, self.config.prune.granularity,
+                             ignored_names(self.config.prune.ignore, roles))
+        return units
 
     def nearest_levels(self, targets: tuple[float, ...]) -> list[int]:
         """The levels whose percent remaining is nearest (in log scale) to each target, without repeats."""
