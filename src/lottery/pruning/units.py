@@ -23,6 +23,7 @@ is then checked on the model itself: its removed channels are perturbed and the 
 """
 from __future__ import annotations
 
+import copy
 import math
 import warnings
 from collections.abc import Iterable, Mapping
@@ -118,9 +119,8 @@ def unit_groups(model: nn.Module, roles: Mapping[str, str], example: torch.Tenso
 
 
 def _traceable_copy(model: nn.Module) -> nn.Module:
-    import copy
-    copy_ = copy.deepcopy(model).cpu().eval()
-    return copy_
+    """A CPU copy in eval mode: tracing and the exactness check never touch the caller's module."""
+    return copy.deepcopy(model).cpu().eval()
 
 
 def _is_out(handler) -> bool:  # type: ignore[no-untyped-def]
@@ -173,17 +173,13 @@ def _group(graph, module: nn.Module, handler, size: int, roles: Mapping[str, str
         if len(lists) != size or len({len(x) for x in lists}) != 1:
             return f"{weight} does not map one block of indices to each channel"
         members.append(Member(weight, dim, torch.tensor(lists, dtype=torch.long)))
-    writers = tuple(m for m in members if m.dim == 0 and _writes(m, roles))
+    writers = tuple(m for m in members if m.dim == 0)  # rows: the channel's own filters (depthwise ones too)
     readers = tuple(m for m in members if m not in writers)
     if not writers:
         return "no prunable layer writes its channels"
     writer_name = min(m.tensor for m in writers)
     kind = "conv" if any(roles[m.tensor] == "conv" for m in writers) else "hidden"
     return UnitGroup(writer_name, kind, size, writers, readers, tuple(sorted(set(norms))))
-
-
-def _writes(member: Member, roles: Mapping[str, str]) -> bool:
-    return member.dim == 0
 
 
 def _dim(module: nn.Module, out: bool) -> int | None:
@@ -202,7 +198,6 @@ def _reaches_output(model: nn.Module, group: UnitGroup, example: torch.Tensor) -
     """Check on the model itself that the group's removed channels are read by no weight outside its
     members: with half its units' columns zeroed, perturbing those units' rows, biases and norms must
     leave the output unchanged. '' when exact, else why not."""
-    import copy
     drop = torch.zeros(group.size, dtype=torch.bool)
     drop[: max(1, group.size // 2)] = True
     base = copy.deepcopy(model).eval()
