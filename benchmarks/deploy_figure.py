@@ -4,8 +4,8 @@
 
 Each input is the `--json` of benchmarks/inference_forms.py for one run (structured or unstructured tickets).
 Every point is one ticket (one level) in one form, at 1 thread: x the speed-up over the dense network (PyTorch,
-level 0 of the same file, same batch), y its test accuracy. The forms drawn: PyTorch dense (the masked network),
-the compact form in PyTorch and in ONNX Runtime float32 and int8, and CSR. Runs of the same model share a panel.
+level 0 of the same file, same batch), y its test accuracy. The forms drawn: the compact form in PyTorch and in
+ONNX Runtime float32 and int8, and CSR; the dense network itself is the black dot at 1×. Runs of the same model share a panel.
 """
 from __future__ import annotations
 
@@ -18,13 +18,13 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-FORMS = {  # label in bench-inference's rows -> (legend, marker)
-    "dense": ("dense, PyTorch", "o"),
-    "compact": ("compact, PyTorch", "s"),
-    "ort compact": ("compact, ONNX Runtime fp32", "D"),
-    "ort compact int8": ("compact, ONNX Runtime int8", "*"),
-    "csr": ("CSR, PyTorch", "x"),
+FORMS = {  # label in bench-inference's rows -> (legend, marker, colour): one colour per form in every run
+    "compact": ("compact, PyTorch", "s", "tab:orange"),
+    "ort compact": ("compact, ONNX Runtime fp32", "D", "tab:green"),
+    "ort compact int8": ("compact, ONNX Runtime int8", "*", "tab:red"),
+    "csr": ("CSR, PyTorch", "x", "tab:purple"),
 }
+TICKS = [0.1, 0.3, 1, 3, 10]
 
 
 def points(measured: dict, label: str, batch: int) -> list[tuple[float, float, float]]:
@@ -59,15 +59,22 @@ def main() -> None:
             for index, (measured, title) in enumerate(zip(runs, titles)):
                 if measured["run"].rsplit("-", 1)[0] != model:
                     continue
-                for label, (legend, marker) in FORMS.items():
+                for label, (legend, marker, colour) in FORMS.items():
                     found = points(measured, label, batch)
-                    if not found or (label == "dense" and index > 0):
+                    if not found:
                         continue
                     x, y, _ = zip(*found)
-                    ax.plot(x, y, marker=marker, linestyle=styles[index % len(styles)], label=f"{title}: {legend}")
+                    ax.plot(x, y, marker=marker, color=colour, linestyle=styles[index % len(styles)],
+                            label=f"{title}: {legend}")
+                dense = points(measured, "dense", batch)[:1]
+                if dense and index == 0:
+                    ax.plot([1.0], [dense[0][1]], marker="o", color="black", linestyle="", markersize=8,
+                            label="dense network, PyTorch (level 0)")
             ax.axvline(1.0, color="grey", linewidth=0.8)
             ax.axvline(3.0, color="grey", linewidth=0.8, linestyle=":")
             ax.set_xscale("log")
+            ax.set_xticks(TICKS, [f"{t:g}×" for t in TICKS])
+            ax.minorticks_off()
             ax.set_xlabel(f"speed-up over dense (PyTorch), batch {batch}, 1 thread")
             ax.set_ylabel("test accuracy at early stop (%)")
             ax.set_title(f"{model}, batch {batch}")
