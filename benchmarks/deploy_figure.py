@@ -52,24 +52,28 @@ def main() -> None:
     titles = args.titles.split(",") if args.titles else [r["run"] for r in runs]
     models = list(dict.fromkeys(r["run"].rsplit("-", 1)[0] for r in runs))
     figure, axes = plt.subplots(len(models), 2, figsize=(11, 4.2 * len(models)), squeeze=False)
+    kinds = list(dict.fromkeys(titles))  # one line style per title (e.g. structured solid, unstructured dashed)
     styles = ["-", "--", ":"]
     for row, model in enumerate(models):
         for col, batch in enumerate((1, 256)):
             ax = axes[row][col]
-            for index, (measured, title) in enumerate(zip(runs, titles)):
+            first = True
+            for measured, title in zip(runs, titles):
                 if measured["run"].rsplit("-", 1)[0] != model:
                     continue
+                style = styles[kinds.index(title) % len(styles)]
                 for label, (legend, marker, colour) in FORMS.items():
                     found = points(measured, label, batch)
                     if not found:
                         continue
                     x, y, _ = zip(*found)
-                    ax.plot(x, y, marker=marker, color=colour, linestyle=styles[index % len(styles)],
+                    ax.plot(x, y, marker=marker, color=colour, linestyle=style,
                             label=f"{title}: {legend}")
                 dense = points(measured, "dense", batch)[:1]
-                if dense and index == 0:
+                if dense and first:
                     ax.plot([1.0], [dense[0][1]], marker="o", color="black", linestyle="", markersize=8,
                             label="dense network, PyTorch (level 0)")
+                first = False
             ax.axvline(1.0, color="grey", linewidth=0.8)
             ax.axvline(3.0, color="grey", linewidth=0.8, linestyle=":")
             ax.set_xscale("log")
