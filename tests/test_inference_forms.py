@@ -8,6 +8,7 @@ import json
 import pytest
 
 import lottery.deploy.bench as bench
+import lottery.deploy.onnx_file as onnx_file
 import lottery.deploy.inference as inference
 from conftest import finished_run, require, run_main
 
@@ -84,7 +85,7 @@ def test_a_model_onnx_cannot_take_still_gets_its_pytorch_forms(structured_ticket
     def refuse(*args, **kwargs):
         raise RuntimeError("an operator ONNX has no counterpart for\nmore detail")
 
-    monkeypatch.setattr(bench, "_export_onnx", refuse)
+    monkeypatch.setattr(onnx_file, "export_onnx", refuse)
     result = run_main("bench-inference", str(structured_ticket), "--threads", "1", "--json")
     assert result.returncode == 0, result.stderr
     doc = json.loads(result.stdout)

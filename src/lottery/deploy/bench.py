@@ -2,12 +2,10 @@
 from __future__ import annotations
 
 import dataclasses
-import logging
 import math
 import os
 import sys
 import tempfile
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +18,7 @@ from lottery.config import DataConfig, ModelConfig
 from lottery.data import Dataset, load_data
 from lottery.errors import UserError
 from lottery.deploy.export import Ticket, Weights, invalid, load_ticket, read_ticket
+from lottery.deploy.onnx_file import export_onnx
 from lottery.storage.files import atomic_output, remove_stale_temps
 from lottery.models import GRAPH_MODELS, MODELS, build_model
 
@@ -86,42 +85,13 @@ def to_onnx(model: nn.Module, example: torch.Tensor, out: Path | str) -> float:
     model = model.eval()
     remove_stale_temps(out)  # what a killed export left beside `out`
     with atomic_output(out) as tmp:  # `out` appears whole, checked by onnxruntime, or not at all
-        _export_onnx(model, example, tmp)
+        export_onnx(model, example, tmp)
         session = onnxruntime.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
         got = torch.from_numpy(session.run(None, {"input": example.numpy()})[0])
     with torch.no_grad():
         return float((got - model(example)).abs().max())
 
 
-def _export_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> None:
-    """torch.onnx.export to `path`; a failed write (a full disk) is the OSError it is, whatever the exporter
-    wrapped it in, so that atomic_output names the file."""
-    batch = torch.export.Dim("batch", min=1)
-    exporter_log = logging.getLogger("torch.onnx")
-    level = exporter_log.level
-    exporter_log.setLevel(logging.ERROR)  # it lists the torchvision operators it skips: not ours to show
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)  # from the exporter's own pytree calls
-            torch.onnx.export(model, (example,), str(path), input_names=["input"], output_names=["logits"],
-                              dynamic_shapes=({0: batch},), dynamo=True, external_data=False, verbose=False)
-    except OSError:
-        raise
-    except Exception as exc:  # noqa: BLE001
-        cause = next((e for e in _causes(exc) if isinstance(e, OSError)), None)
-        if cause is not None:
-            raise cause from None
-        raise
-    finally:
-        exporter_log.setLevel(level)
-
-
-def _causes(exc: BaseException) -> list[BaseException]:
-    seen: list[BaseException] = []
-    while exc is not None and exc not in seen:
-        seen.append(exc)
-        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
-    return seen
 
 
 def model_for(ticket: Ticket, data_dir: Path | str | None = None) -> tuple[Callable[[], nn.Module], Dataset | None]:

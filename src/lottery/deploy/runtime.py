@@ -36,9 +36,9 @@ def onnxruntime_missing() -> str | None:
 
 def export_float(model: nn.Module, example: torch.Tensor, path: Path) -> Path:
     """`model` as float32 ONNX at `path` (a dynamic batch dimension), through the exporter `lottery export` uses."""
-    from lottery.deploy.bench import _export_onnx
+    from lottery.deploy import onnx_file  # the module, not the name: a test replaces its exporter
 
-    _export_onnx(model.eval(), example, path)
+    onnx_file.export_onnx(model.eval(), example, path)
     return path
 
 
