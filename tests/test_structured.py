@@ -286,14 +286,14 @@ FIND = ["fsdd-cnn", "--granularity", "channel", "--trials", "1", "--levels", "2"
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory, shared_data) -> tuple[Path, Path]:
-    """The same structured run twice, in two directories."""
-    data = ["--data-dir", str(shared_data)]
-    return tuple(finished_run(tmp_path_factory.mktemp(f"structured{i}"), *FIND, *data) for i in range(2))
+def runs(tmp_path_factory, shared_data) -> tuple[Path]:
+    """One structured run (the fast tier's readers and controls read it)."""
+    return (finished_run(tmp_path_factory.mktemp("structured0"), *FIND, "--data-dir", str(shared_data)),)
 
 
-def test_two_structured_runs_are_bit_identical_and_hash_apart_from_weight_runs(runs):
-    a, b = runs
+@pytest.mark.slow  # a second run of the fixture's config (12 s): the second tier, which CI also runs
+def test_two_structured_runs_are_bit_identical_and_hash_apart_from_weight_runs(runs, shared_data, tmp_path):
+    a, b = runs[0], finished_run(tmp_path, *FIND, "--data-dir", str(shared_data))
     assert a.name == b.name
     files = sorted(p.relative_to(a) for p in a.glob("trial_*/**/*.safetensors"))
     assert any(f.name == "mask.safetensors" for f in files) and any(f.name == "final.safetensors" for f in files)
@@ -340,6 +340,7 @@ def test_the_random_and_scratch_arms_have_the_tickets_shapes(runs, shared_data):
                 assert torch.allclose(start[bias], fresh[bias] * factor)
 
 
+@pytest.mark.slow  # trains stability's copies (about 10 s): the second tier, which CI also runs
 def test_stability_draws_the_random_arms_own_units(runs, shared_data, tmp_path):
     """Without the saved random mask, stability draws the one `find` drew: per group of channels, not weights."""
     saved_path = runs[0] / "trial_0" / "level_02" / "random" / "mask.safetensors"

@@ -196,7 +196,9 @@ def test_a_model_the_graph_cannot_trace_comes_back_uncut():
         assert torch.equal(compacted.model(x), masked_copy(model, mask)(x))
 
 
-@pytest.mark.parametrize("name", ["resnet", "depthwise", "speech"])
+# One case in the fast tier (the exporter's first import alone costs seconds); the others in the second tier.
+@pytest.mark.parametrize("name", ["resnet", pytest.param("depthwise", marks=pytest.mark.slow),
+                                  pytest.param("speech", marks=pytest.mark.slow)])
 def test_the_compact_model_exports_to_onnx(name, tmp_path):
     """onnxruntime within 1e-4 of PyTorch (a different kernel order)."""
     onnx = pytest.importorskip("onnx")
