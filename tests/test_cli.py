@@ -111,6 +111,7 @@ def _run_until_killed(out: Path, extra: list[str]) -> None:
         proc.wait()
 
 
+@pytest.mark.slow  # 20 s; a killed worker resuming bit for bit is also in test_distributed (fast tier)
 def test_a_killed_run_resumes_to_the_same_results(tmp_path):
     straight = tmp_path / "straight"
     assert run_cli("find", *TINY, "--out", str(straight)).returncode == 0
