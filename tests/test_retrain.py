@@ -110,3 +110,23 @@ def test_rewinding_the_optimizer_needs_a_late_rewind(tmp_path):
     assert result.returncode == 2 and "prune.rewind_optimizer needs prune.retrain=rewind and a rewind iteration" \
         in result.stderr, result.stderr
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("retrain, finetune_lr", [("rewind", 0.0), ("lr-rewind", 0.0), ("finetune", 1e-3)])
+def test_an_exported_ticket_starts_where_its_network_started(tmp_path, mnist1d, retrain, finetune_lr):
+    """The ticket file's `start` is the state the network trained from in every retrain mode: under lr-rewind and
+    finetune the parent's θT, not θk (the defect this test was written for); level 0 θ0; controls theirs."""
+    from lottery.deploy.export import ticket_of
+
+    _, run = _run(tmp_path, mnist1d, retrain, finetune_lr)
+    trial = run / "trial_0"
+    expected = {
+        (1, "imp"): trial / ("rewind.safetensors" if retrain == "rewind" else "level_00/imp/final.safetensors"),
+        (0, "imp"): trial / "init.safetensors",
+        (1, "random"): trial / "rewind.safetensors",
+        (1, "reinit"): trial / "level_01" / "reinit" / "start.safetensors",
+    }
+    for (level, arm), path in expected.items():
+        start = ticket_of(run, level=level, arm=arm).start
+        want = load_tensors(path)
+        assert set(start) == set(want) and all(torch.equal(start[n], want[n]) for n in want), (level, arm)

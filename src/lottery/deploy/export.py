@@ -2,7 +2,8 @@
 
 The file holds, for one (trial, level, arm) network of a finished run:
   mask/NAME     the mask of each prunable tensor (bool)
-  start/NAME    the state it was trained from (θ0, or θk when the run rewinds), parameters and buffers
+  start/NAME    the state it was trained from (θ0 at level 0; θk, or θ0 when k = 0; the parent's θT under lr-rewind and
+                finetune; an arm's own draw), parameters and buffers
   trained/NAME  its trained state θT (pruned weights exactly zero), parameters and buffers
 and, as JSON strings in the metadata: what model and data it was made with, its percent remaining
 (total and per layer, the denominator stated), its accuracy at early stop, the run's hash and the
@@ -24,7 +25,7 @@ from torch import nn
 from torch.nn.utils import prune as torch_prune
 
 from lottery.config import DataConfig, ModelConfig
-from lottery.pruning.arms import ARMS
+from lottery.pruning.arms import ARMS, TICKET
 from lottery.errors import BrokenFile, UserError
 from lottery.storage.finished import FinishedRun, open_run
 from lottery.pruning.masks import count
@@ -82,6 +83,21 @@ def save_ticket(ticket: Ticket, out: Path | str) -> None:
     save_tensors(Path(out), tensors, {"lottery": json.dumps(ticket.info, sort_keys=True, default=list)})
 
 
+def trained_from(run: FinishedRun, trial: int, level: int, arm: str) -> dict[str, torch.Tensor]:
+    """The state the network (trial, level, arm) started its training from, by the rule its writer applied
+    (lottery.procedure.tickets.Tickets.arm_start): level 0, θ0; the ticket under `lr-rewind` or `finetune`, the θT
+    of the ticket its mask was pruned from; an arm that drew its own start (reinit, same-sign, scratch), that
+    draw; every other network, the rewind point θk (θ0 when k = 0)."""
+    if level == 0:
+        return run.init(trial)
+    prune = run.config.prune
+    if arm == TICKET and prune.retrain != "rewind":
+        return run.final(trial, 0 if prune.one_shot else level - 1, TICKET)
+    if ARMS[arm].redrawn:
+        return run.arm_start(trial, level, arm)
+    return run.start(trial)
+
+
 def ticket_of(run_dir: Path | str, *, level: int | Literal["best"] = "best", trial: int = 0, arm: str = "imp",
               tolerance: float = 0.0, command: str | None = None) -> Ticket:
     """One network of a finished run, as export_ticket writes it."""
@@ -100,7 +116,7 @@ def ticket_of(run_dir: Path | str, *, level: int | Literal["best"] = "best", tri
         if not run.has(trial, chosen, arm):
             raise UserError(f"{run.store.arm_dir(trial, chosen, arm)} has no finished network")
         mask = run.mask(trial, chosen, arm)  # checked against the digest its network recorded when it trained
-        start = run.start(trial) if not ARMS[arm].redrawn or chosen == 0 else run.arm_start(trial, chosen, arm)
+        start = trained_from(run, trial, chosen, arm)
         trained = run.final(trial, chosen, arm)
         row = next(r for r in run.rows_of(arm, chosen) if r["trial"] == trial)
         kept, total = count(mask)
