@@ -204,17 +204,17 @@ def _reaches_output(model: nn.Module, group: UnitGroup, example: torch.Tensor) -
     params = dict(base.named_parameters())
     with torch.no_grad():
         for m in group.readers:
-            _select(params[m.tensor], m, drop).zero_()
+            params[m.tensor].index_fill_(m.dim, m.index[drop].flatten(), 0)
         perturbed = copy.deepcopy(base)
         state = dict(perturbed.named_parameters()) | dict(perturbed.named_buffers())
         generator = torch.Generator().manual_seed(0)
         for m in group.writers:
-            rows = _select(state[m.tensor], m, drop)
-            rows.copy_(torch.randn(rows.shape, generator=generator) * 10)
+            tensor, index = state[m.tensor], m.index[drop].flatten()
+            shape = tensor.index_select(m.dim, index).shape
+            tensor.index_copy_(m.dim, index, (torch.randn(shape, generator=generator) * 10).to(tensor.dtype))
             bias = state.get(m.tensor.rpartition(".")[0] + ".bias")
             if bias is not None:
-                sel = m.index[drop].flatten()
-                bias[sel] = torch.randn(sel.numel(), generator=generator) * 10
+                bias[index] = torch.randn(index.numel(), generator=generator) * 10
         for norm in group.norms:
             owner = norm.rpartition(".")[0]
             sel = torch.arange(group.size)[drop]
@@ -229,28 +229,6 @@ def _reaches_output(model: nn.Module, group: UnitGroup, example: torch.Tensor) -
     if not isinstance(a, torch.Tensor) or not torch.allclose(a, b, rtol=1e-5, atol=1e-5):
         return "its removed channels still reach the output (read by an operation the graph does not see)"
     return ""
-
-
-def _select(tensor: torch.Tensor, member: Member, units: torch.Tensor) -> torch.Tensor:
-    """A view-like selection of `member`'s indices of the chosen units (a copy: write back with index_*)."""
-    return _IndexView(tensor, member.dim, member.index[units].flatten())
-
-
-class _IndexView:
-    """Assignment through index_copy / index_fill, so callers can write rows or columns in place."""
-
-    def __init__(self, tensor: torch.Tensor, dim: int, index: torch.Tensor) -> None:
-        self.tensor, self.dim, self.index = tensor, dim, index
-
-    @property
-    def shape(self) -> torch.Size:
-        return self.tensor.index_select(self.dim, self.index).shape
-
-    def zero_(self) -> None:
-        self.tensor.index_fill_(self.dim, self.index, 0)
-
-    def copy_(self, values: torch.Tensor) -> None:
-        self.tensor.index_copy_(self.dim, self.index, values.to(self.tensor.dtype))
 
 
 # --- unit masks ------------------------------------------------------------------------------------------
